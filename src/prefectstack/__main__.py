@@ -1,0 +1,3 @@
+from prefectstack.cli import main
+
+main()

@@ -1,0 +1,46 @@
+"""`prefectstack` command line. This module is the only error boundary: a `StackError`
+becomes one clear message and its exit code, never a traceback."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from prefectstack import console
+from prefectstack.errors import StackError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="prefectstack")
+def cli() -> None:
+    """A production-grade, self-hosted Prefect 3 platform from one stack.yaml."""
+
+
+def _register() -> None:
+    from prefectstack.cli import down, logs, schema, status, up
+
+    for module in (up, down, status, logs, schema):
+        for command in module.COMMANDS:
+            cli.add_command(command)
+
+
+_register()
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except StackError as exc:
+        console.error(exc)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        console.error(StackError("aborted"))
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)

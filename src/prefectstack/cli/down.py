@@ -1,0 +1,82 @@
+"""`prefectstack down`: stop everything in reverse dependency order; optionally delete data."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+
+import click
+
+from prefectstack import console
+from prefectstack.cli.options import stack_file
+from prefectstack.errors import StackError
+from prefectstack.runtime import local, state
+from prefectstack.stack.loader import load_stack
+
+STOP_TIMEOUT_SECONDS = 90
+
+
+@click.command()
+@stack_file
+@click.option("--volumes", is_flag=True, help="Also delete the stack's data and logs.")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask before deleting data.")
+def down(stack_path: str | None, volumes: bool, yes: bool) -> None:
+    """Stop the stack (SIGTERM, then SIGKILL after a grace period); leave no process behind."""
+    loaded = load_stack(stack_path)
+    state_dir = loaded.state_dir
+    current = state.read(state_dir)
+    if state.supervisor_alive(state_dir) and current is not None:
+        _stop_supervisor(current.supervisor_pid, state_dir)
+        console.out("stack stopped")
+    else:
+        cleaned = local.cleanup_stale(state_dir)
+        if cleaned:
+            console.warn("the supervisor had died; killed leftover " + ", ".join(cleaned))
+        else:
+            console.out("stack is not running")
+    if volumes:
+        _delete_data(state_dir, yes)
+
+
+def _stop_supervisor(pid: int, state_dir: os.PathLike[str]) -> None:
+    from pathlib import Path
+
+    root = Path(state_dir)
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if not state.supervisor_alive(root):
+            local.cleanup_stale(root)  # normally nothing is left; make sure
+            return
+        time.sleep(0.2)
+    os.kill(pid, signal.SIGKILL)
+    local.cleanup_stale(root)
+    raise StackError(f"the supervisor (pid {pid}) did not stop in time and was killed")
+
+
+def _delete_data(state_dir: os.PathLike[str], yes: bool) -> None:
+    from pathlib import Path
+
+    root = Path(state_dir)
+    targets = [p for p in (root / "data", root / "logs") if p.exists()]
+    if not targets:
+        console.out("no data to delete")
+        return
+    console.out("This deletes, permanently:")
+    for path in targets:
+        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        console.out(f"  {path}  ({size / 1e6:.1f} MB)")
+    console.out(f"(secrets in {root / 'secrets.json'} are kept and reused)")
+    if not yes and not console.confirm("Delete them?"):
+        raise StackError("nothing deleted", hint="pass --yes to delete without asking")
+    for path in targets:
+        shutil.rmtree(path)
+    console.out("deleted")
+
+
+COMMANDS = [down]

@@ -1,0 +1,76 @@
+"""`prefectstack status`: each service with pid, state, uptime, restarts and health."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from typing import Any
+
+import click
+
+from prefectstack import console
+from prefectstack.cli.options import json_flag, stack_file
+from prefectstack.runtime import state
+from prefectstack.stack.loader import load_stack
+
+
+def _uptime(started: float | None, now: float) -> str:
+    if not started:
+        return "-"
+    secs = int(now - started)
+    return f"{secs // 3600}h{secs % 3600 // 60:02d}m" if secs >= 3600 else f"{secs // 60}m{secs % 60:02d}s"
+
+
+def _health(value: bool | None) -> str:
+    return {True: "healthy", False: "unhealthy", None: "-"}[value]
+
+
+def snapshot(state_dir: Any) -> dict[str, Any]:
+    current = state.read(state_dir)
+    alive = state.supervisor_alive(state_dir)
+    if current is None:
+        return {"running": False, "stale": False, "phase": "stopped", "services": []}
+    data = asdict(current)
+    data["running"] = alive
+    data["stale"] = not alive
+    if not alive:
+        data["phase"] = "stale"
+    for svc in data["services"]:
+        if svc["pid"] and not state.same_process(svc["pid"], svc["pid_started"]):
+            svc["state"] = "gone"
+    return data
+
+
+@click.command()
+@stack_file
+@json_flag
+def status(stack_path: str | None, as_json: bool) -> None:
+    """Show whether the stack runs, and the state of each service."""
+    loaded = load_stack(stack_path)
+    data = snapshot(loaded.state_dir)
+    if as_json:
+        console.json_out(data)
+        return
+    if not data["services"]:
+        console.out("stack is not running")
+        return
+    if data["stale"]:
+        console.warn(
+            "the supervisor is gone (crashed or killed); `prefectstack down` cleans up"
+        )
+    console.out(f"stack `{data['stack']}`: {data['phase']}   UI: {data['ui_url']}")
+    if data.get("message"):
+        console.out(f"  {data['message']}")
+    now = time.time()
+    rows = [
+        [
+            s["name"], s["kind"], s["state"], str(s["pid"] or "-"),
+            _uptime(s["started_at"], now) if s["pid"] else "-",
+            str(s["restarts"]), _health(s["healthy"]),
+        ]
+        for s in data["services"]
+    ]
+    console.table(["service", "kind", "state", "pid", "uptime", "restarts", "health"], rows)
+
+
+COMMANDS = [status]

@@ -1,0 +1,100 @@
+"""`prefectstack up`: start the platform in the foreground or in the background."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+
+from prefectstack import console, topology, tools
+from prefectstack.errors import StackError
+from prefectstack.runtime import local, state
+from prefectstack.stack.loader import LoadedStack, load_stack
+from prefectstack.cli.options import stack_file
+
+READY_TIMEOUT_SECONDS = 900
+
+
+def summary(loaded: LoadedStack, detached: bool) -> None:
+    root = loaded.state_dir
+    console.out("")
+    console.out(f"prefectstack `{loaded.stack.name}` is ready.")
+    console.out(f"  UI and API:   {topology.public_url(loaded.stack)}  (API at /api)")
+    console.out(f"  stack file:   {loaded.source}")
+    console.out(f"  data:         {root / 'data'}")
+    console.out(f"  logs:         {root / 'logs'}   (prefectstack logs [SERVICE] -f)")
+    console.out(f"  secrets:      {root / 'secrets.json'} (0600, never printed)")
+    console.out("  status:       prefectstack status")
+    if detached:
+        console.out("  stop:         prefectstack down")
+    else:
+        console.out("  stop:         Ctrl-C (or prefectstack down from another shell)")
+
+
+@click.command()
+@stack_file
+@click.option("-d", "--detach", is_flag=True, help="Run in the background and return when ready.")
+def up(stack_path: str | None, detach: bool) -> None:
+    """Start every service of the stack, in dependency order, and wait until it is ready."""
+    loaded = load_stack(stack_path)
+    if not detach:
+        code = local.run(loaded, foreground=True, on_ready=lambda: summary(loaded, False))
+        sys.exit(code)
+    _up_detached(loaded, stack_path)
+
+
+def _up_detached(loaded: LoadedStack, stack_path: str | None) -> None:
+    state_dir = loaded.state_dir
+    local.check_not_running(state_dir)
+    (state_dir / "logs").mkdir(parents=True, exist_ok=True)
+    source = str(click.format_filename(stack_path)) if stack_path else ""
+    if source:
+        from pathlib import Path
+
+        source = str(Path(source).resolve())
+    log_path = state_dir / "logs" / "supervisor.log"
+    with open(log_path, "ab") as log:
+        pid = tools.spawn_detached(
+            [sys.executable, "-m", "prefectstack.runtime.local", source],
+            log=log,
+            cwd=loaded.base_dir,
+        )
+    console.event(f"supervisor started in the background (pid {pid}); waiting for the stack")
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    seen_alive = False
+    while time.monotonic() < deadline:
+        current = state.read(state_dir)
+        if current and current.supervisor_pid == pid:
+            seen_alive = True
+            if current.phase == "ready":
+                summary(loaded, True)
+                return
+            if current.phase in ("failed", "stopped"):
+                break
+        if not _pid_alive(pid):
+            break
+        time.sleep(0.3)
+    else:
+        raise StackError(
+            f"the stack was not ready after {READY_TIMEOUT_SECONDS}s",
+            hint="prefectstack status; prefectstack logs",
+        )
+    tail = local.tail_lines(log_path, 20)
+    what = "failed to start" if seen_alive else "supervisor exited before starting"
+    raise StackError(
+        f"the stack {what}; last lines of {log_path}:\n    " + "\n    ".join(tail)
+    )
+
+
+def _pid_alive(pid: int) -> bool:
+    import os
+
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return state.same_process(pid, None)
+
+
+COMMANDS = [up]

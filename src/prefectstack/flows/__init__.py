@@ -1,0 +1,1 @@
+"""The flow library shipped with prefectstack: importable and deployable."""

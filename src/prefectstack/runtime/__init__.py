@@ -1,0 +1,1 @@
+"""Running a stack on this host: secrets, state, processes, probes and the supervisor."""

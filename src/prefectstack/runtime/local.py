@@ -1,0 +1,313 @@
+"""The local backend: run a stack's topology as supervised processes on this host."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import IO
+
+import psutil
+
+from prefectstack import console, tools, topology
+from prefectstack.errors import StackError
+from prefectstack.runtime import pgdata, ports, secrets, state
+from prefectstack.runtime.binaries import postgres_bin_dir, resolve_argv
+from prefectstack.runtime.probes import RealProber
+from prefectstack.runtime.supervisor import Supervisor
+from prefectstack.stack.loader import LoadedStack
+from prefectstack.topology import Service
+
+_PLACEHOLDER = re.compile(r"\$\{(secret|dir)\.([A-Za-z0-9_-]+)\}")
+TICK_SECONDS = 0.2
+LOG_ROTATE_BYTES = 20 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where things live under the state dir."""
+
+    root: Path
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    def volume(self, name: str) -> Path:
+        return self.data / name
+
+    def log(self, service: str) -> Path:
+        return self.logs / f"{service}.log"
+
+
+class Resolver:
+    """Replace `${secret.X}` and `${dir.X}` with this host's values."""
+
+    def __init__(self, layout: Layout, secret_values: dict[str, str]) -> None:
+        self.layout = layout
+        self.secrets = secret_values
+
+    def __call__(self, text: str) -> str:
+        def sub(match: re.Match[str]) -> str:
+            kind, name = match.groups()
+            if kind == "dir":
+                return str(self.layout.volume(name))
+            return self.secrets[name]
+
+        return _PLACEHOLDER.sub(sub, text)
+
+
+class LocalLauncher:
+    def __init__(self, loaded: LoadedStack, layout: Layout, resolve: Resolver) -> None:
+        self.stack = loaded.stack
+        self.layout = layout
+        self.resolve = resolve
+        self.run_as = pgdata.is_root()
+        self._logs: dict[str, IO[bytes]] = {}
+
+    def start(self, svc: Service) -> tools.Process:
+        argv = resolve_argv(
+            tuple(self.resolve(a) for a in svc.argv), self.stack.postgres.mode,
+            self.stack.redis.mode,
+        )
+        env = _base_env() | {k: self.resolve(v) for k, v in svc.env.items()}
+        log = self._log(svc.name)
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        log.write(f"--- prefectstack: starting {svc.name} at {stamp} ---\n".encode())
+        log.flush()
+        user = svc.run_as if (svc.run_as and self.run_as) else None
+        cwd = self.layout.volume(svc.volumes[0]) if svc.volumes else self.layout.root
+        return tools.spawn(argv, env=env, log=log, cwd=cwd, user=user)
+
+    def _log(self, name: str) -> IO[bytes]:
+        if name not in self._logs:
+            path = self.layout.log(name)
+            if path.exists() and path.stat().st_size > LOG_ROTATE_BYTES:
+                os.replace(path, path.with_suffix(".log.1"))
+            self._logs[name] = open(path, "ab")  # noqa: SIM115 - lives as long as the service
+        return self._logs[name]
+
+
+def _base_env() -> dict[str, str]:
+    """A clean environment: nothing from the user's Prefect profile leaks into the stack."""
+    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "SSL_CERT_FILE", "VIRTUAL_ENV")
+    env = {k: os.environ[k] for k in keep if k in os.environ}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def prepare(loaded: LoadedStack, services: list[Service]) -> tuple[Layout, Resolver]:
+    """Everything that must exist before the first process starts."""
+    layout = Layout(loaded.state_dir)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    layout.root.chmod(0o700 if not pgdata.is_root() else 0o711)
+    layout.logs.mkdir(exist_ok=True)
+    values = secrets.ensure(layout.root, topology.secret_names(services) | _extra_secrets(loaded))
+    resolve = Resolver(layout, values)
+    for svc in services:
+        for volume in svc.volumes:
+            if svc.prepare != "pgdata":
+                layout.volume(volume).mkdir(parents=True, exist_ok=True)
+        for rel, content in svc.files.items():
+            secrets.write_private(layout.data / rel, resolve(content))
+        if svc.prepare == "pgdata":
+            layout.data.mkdir(parents=True, exist_ok=True)
+            pgdata.prepare(
+                layout.volume("pgdata"),
+                postgres_bin_dir(loaded.stack.postgres.mode),
+                svc.run_as,
+                values["postgres_superuser_password"],
+            )
+    return layout, resolve
+
+
+def _extra_secrets(loaded: LoadedStack) -> set[str]:
+    return {"postgres_superuser_password"} if loaded.stack.postgres.mode != "external" else set()
+
+
+def check_not_running(state_dir: Path) -> None:
+    if state.supervisor_alive(state_dir):
+        current = state.read(state_dir)
+        pid = current.supervisor_pid if current else "?"
+        raise StackError(
+            f"the stack in {state_dir} is already running (supervisor pid {pid})",
+            hint="`prefectstack status` shows it; `prefectstack down` stops it",
+        )
+    cleanup_stale(state_dir)
+
+
+def cleanup_stale(state_dir: Path) -> list[str]:
+    """A supervisor that died left processes and a state file: stop what is ours."""
+    old = state.read(state_dir)
+    if old is None:
+        return []
+    cleaned = []
+    for svc in reversed(old.services):
+        if state.same_process(svc.pid, svc.pid_started):
+            assert svc.pid is not None
+            tools.kill_group(svc.pid, signal.SIGKILL)
+            cleaned.append(f"{svc.name} (pid {svc.pid})")
+    state.remove(state_dir)
+    return cleaned
+
+
+def run(loaded: LoadedStack, *, foreground: bool, on_ready: Callable[[], None]) -> int:
+    """Supervise the stack until it is stopped; returns the process exit code."""
+    services = topology.build(loaded.stack)
+    state_dir = loaded.state_dir
+    lock = state.SupervisorLock(state_dir)
+    if not lock.try_acquire():
+        check_not_running(state_dir)  # raises with the running pid
+    cleanup_stale(state_dir)
+    try:
+        ports.check_free(services)
+        layout, resolve = prepare(loaded, services)
+        launcher = LocalLauncher(loaded, layout, resolve)
+        sup = Supervisor(services, launcher, RealProber(), time.monotonic)
+        return _loop(loaded, sup, layout, foreground, on_ready)
+    finally:
+        lock.release()
+
+
+def _loop(
+    loaded: LoadedStack, sup: Supervisor, layout: Layout, foreground: bool,
+    on_ready: Callable[[], None],
+) -> int:
+    stop_reason: list[str] = []
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        stop_reason.append(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    follower = LogFollower(layout.logs) if foreground else None
+    me = psutil.Process()
+    snapshot = StateWriter(loaded, sup, me.pid, me.create_time())
+    announced = False
+    while not sup.done:
+        if stop_reason and sup.phase in ("starting", "ready"):
+            sup.begin_stop(f"received {stop_reason[0]}; stopping")
+        sup.tick()
+        for event in sup.events:
+            console.event(event)
+        sup.events.clear()
+        snapshot.write()
+        if follower:
+            follower.pump()
+        if sup.phase == "ready" and not announced:
+            announced = True
+            on_ready()
+        time.sleep(TICK_SECONDS)
+    snapshot.write()
+    if follower:
+        follower.pump()
+    if sup.phase == "failed":
+        failed = next((u for u in sup.units.values() if u.state == "failed"), None)
+        tail = tail_lines(layout.log(failed.svc.name), 15) if failed else []
+        console.failure(sup.message, tail)
+        return 1
+    state.remove(loaded.state_dir)
+    return 0
+
+
+class StateWriter:
+    def __init__(self, loaded: LoadedStack, sup: Supervisor, pid: int, started: float) -> None:
+        self.loaded, self.sup, self.pid, self.started = loaded, sup, pid, started
+        self.last = ""
+        self.wall_offset = time.time() - time.monotonic()
+
+    def write(self) -> None:
+        services = []
+        for name in self.sup.order:
+            unit = self.sup.units[name]
+            pid = unit.proc.pid if unit.proc else None
+            services.append(
+                state.ServiceState(
+                    name=name, kind=unit.svc.kind, state=unit.state, pid=pid,
+                    pid_started=_create_time(pid),
+                    started_at=(unit.started_at + self.wall_offset) if unit.started_at else None,
+                    restarts=unit.restarts, healthy=unit.healthy, last_exit=unit.last_exit,
+                    ports=list(unit.svc.ports), probe=unit.svc.probe.describe(),
+                )
+            )
+        snap = state.StackState(
+            stack=self.loaded.stack.name, source=self.loaded.source, supervisor_pid=self.pid,
+            supervisor_started=self.started, phase=self.sup.phase, message=self.sup.message,
+            ui_url=topology.public_url(self.loaded.stack), services=services,
+        )
+        text = snap.to_json()
+        if text != self.last:
+            state.write(self.loaded.state_dir, snap)
+            self.last = text
+
+
+def _create_time(pid: int | None) -> float | None:
+    if pid is None:
+        return None
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+class LogFollower:
+    """Echo new lines of every service log to the console with a name prefix."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.offsets: dict[Path, int] = {
+            p: p.stat().st_size for p in logs.glob("*.log")
+        }
+
+    def pump(self, only: set[str] | None = None) -> None:
+        for path in sorted(self.logs.glob("*.log")):
+            if only is not None and path.stem not in only:
+                continue
+            offset = self.offsets.get(path, 0)
+            size = path.stat().st_size
+            if size < offset:
+                offset = 0
+            if size == offset:
+                continue
+            with open(path, "rb") as fh:
+                fh.seek(offset)
+                chunk = fh.read(size - offset)
+            complete = chunk.rfind(b"\n") + 1
+            self.offsets[path] = offset + complete
+            for line in chunk[:complete].decode(errors="replace").splitlines():
+                console.service_line(path.stem, line)
+
+
+def tail_lines(path: Path, count: int) -> list[str]:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 64 * 1024))
+            return fh.read().decode(errors="replace").splitlines()[-count:]
+    except FileNotFoundError:
+        return []
+
+
+def supervise_main(source: str | None) -> int:
+    """Entry point of the background supervisor (`up --detach`); cwd is the stack's base."""
+    from prefectstack.stack.loader import load_stack
+
+    return run(load_stack(source), foreground=False, on_ready=lambda: None)
+
+
+if __name__ == "__main__":  # pragma: no cover - the background supervisor
+    try:
+        sys.exit(supervise_main(sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] else None))
+    except StackError as exc:
+        console.error(exc)
+        sys.exit(exc.exit_code)

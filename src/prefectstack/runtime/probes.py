@@ -1,0 +1,74 @@
+"""Real readiness probes: PostgreSQL and Redis protocol pings, HTTP GETs."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+import httpx
+
+from prefectstack.topology import Probe, Service
+
+TIMEOUT = 1.0
+
+
+def pg_ping(host: str, port: int) -> bool:
+    """What pg_isready does: send an SSLRequest and expect the server's one-byte answer.
+    A server that is still starting up or shutting down closes the connection instead."""
+    try:
+        with socket.create_connection((host, port), timeout=TIMEOUT) as sock:
+            sock.sendall(struct.pack("!ii", 8, 80877103))
+            answer = sock.recv(1)
+        if answer not in (b"S", b"N"):
+            return False
+        # The postmaster accepts before it can serve; a StartupMessage tells them apart.
+        return _pg_accepts_startup(host, port)
+    except OSError:
+        return False
+
+
+def _pg_accepts_startup(host: str, port: int) -> bool:
+    params = b"user\0prefectstack_probe\0database\0postgres\0\0"
+    body = struct.pack("!i", 196608) + params
+    with socket.create_connection((host, port), timeout=TIMEOUT) as sock:
+        sock.sendall(struct.pack("!i", len(body) + 4) + body)
+        reply = sock.recv(4096)
+    if not reply:
+        return False
+    if reply[:1] == b"E":
+        # "the database system is starting up" is 57P03; auth failures mean it is serving.
+        return b"57P03" not in reply and b"57P01" not in reply
+    return reply[:1] == b"R"  # an authentication request: up and serving
+
+
+def redis_ping(host: str, port: int) -> bool:
+    """PING without credentials: a serving Redis answers +PONG or -NOAUTH."""
+    try:
+        with socket.create_connection((host, port), timeout=TIMEOUT) as sock:
+            sock.sendall(b"PING\r\n")
+            answer = sock.recv(64)
+        return answer.startswith((b"+PONG", b"-NOAUTH"))
+    except OSError:
+        return False
+
+
+def http_ok(probe: Probe) -> bool:
+    try:
+        response = httpx.get(
+            f"http://{probe.host}:{probe.port}{probe.path}", timeout=TIMEOUT * 2
+        )
+        return response.status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+class RealProber:
+    def check(self, svc: Service) -> bool:
+        probe = svc.probe
+        if probe.kind == "pg":
+            return pg_ping(probe.host, probe.port)
+        if probe.kind == "redis":
+            return redis_ping(probe.host, probe.port)
+        if probe.kind == "http":
+            return http_ok(probe)
+        return True

@@ -1,0 +1,57 @@
+"""Secrets are generated once, stored 0600 in the state dir, reused, and never printed."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+
+from prefectstack.errors import StackError
+
+SECRETS_FILE = "secrets.json"
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write atomically with mode 0600 from the first byte (no window with wider access)."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def load(state_dir: Path) -> dict[str, str]:
+    path = state_dir / SECRETS_FILE
+    if not path.exists():
+        return {}
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise StackError(
+            f"{path} is readable by other users (mode {mode:o})",
+            hint=f"chmod 600 {path}",
+        )
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise StackError(f"{path} is corrupt: {exc}", hint="restore it from a backup") from None
+    return {str(k): str(v) for k, v in data.items()}
+
+
+def ensure(state_dir: Path, names: set[str]) -> dict[str, str]:
+    """Return every named secret, generating (and storing) only the missing ones."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    current = load(state_dir)
+    missing = sorted(names - current.keys())
+    if missing:
+        # URL-safe alphabet: the values go into connection URLs and config files unescaped.
+        current.update({name: secrets.token_urlsafe(32) for name in missing})
+        _write_private(state_dir / SECRETS_FILE, json.dumps(current, indent=2, sort_keys=True))
+    return current
+
+
+def write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_private(path, text)

@@ -1,0 +1,232 @@
+"""The supervisor's state machine: start in dependency order, wait for readiness, restart
+with backoff, give up on a crash loop, stop in reverse order.
+
+It never touches real processes or time itself: a `Launcher`, a `Prober` and a clock are
+injected, so the machine is unit-tested with fakes and driven for real by `runtime.local`.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from prefectstack.topology import Service
+
+UnitState = Literal[
+    "pending", "starting", "ready", "completed", "backoff", "failed", "stopping", "stopped"
+]
+Phase = Literal["starting", "ready", "stopping", "stopped", "failed"]
+
+HEALTH_INTERVAL_SECONDS = 5.0
+ALIVE_READY_SECONDS = 2.0  # an `alive` probe passes once the process has stayed up this long
+
+
+class Proc(Protocol):
+    pid: int
+
+    def poll(self) -> int | None: ...
+
+    def send(self, sig: int) -> None: ...
+
+
+class Launcher(Protocol):
+    def start(self, svc: Service) -> Proc: ...
+
+
+class Prober(Protocol):
+    def check(self, svc: Service) -> bool: ...
+
+
+@dataclass
+class Unit:
+    svc: Service
+    state: UnitState = "pending"
+    proc: Proc | None = None
+    started_at: float | None = None
+    restarts: int = 0
+    failures: list[float] = field(default_factory=list)
+    next_start_at: float = 0.0
+    last_exit: int | None = None
+    healthy: bool | None = None
+    last_health_at: float = 0.0
+    stop_sent_at: float | None = None
+
+    @property
+    def satisfied(self) -> bool:
+        """Dependents may start: a daemon is ready, a one-shot has completed."""
+        return self.state in ("ready", "completed")
+
+
+class Supervisor:
+    def __init__(
+        self,
+        services: list[Service],
+        launcher: Launcher,
+        prober: Prober,
+        clock: Callable[[], float],
+        *,
+        stop_grace_seconds: float = 20.0,
+    ) -> None:
+        self.units = {s.name: Unit(s) for s in services}
+        self.order = [s.name for s in services]
+        self.launcher = launcher
+        self.prober = prober
+        self.clock = clock
+        self.stop_grace_seconds = stop_grace_seconds
+        self.phase: Phase = "starting"
+        self.message = ""
+        self.events: list[str] = []  # human-readable log of transitions, drained by the caller
+
+    # -- driving -------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        if self.phase in ("stopping", "failed"):
+            self._tick_stop()
+            return
+        if self.phase == "stopped":
+            return
+        now = self.clock()
+        for name in self.order:
+            self._reap(self.units[name], now)
+            if self.phase != "starting" and self.phase != "ready":
+                return self._tick_stop()
+        for name in self.order:
+            self._advance(self.units[name], now)
+            if self.phase not in ("starting", "ready"):
+                return self._tick_stop()
+        if self.phase == "starting" and all(u.satisfied for u in self.units.values()):
+            self.phase = "ready"
+            self._event("stack ready")
+
+    def begin_stop(self, reason: str = "stop requested") -> None:
+        if self.phase in ("starting", "ready"):
+            self.phase = "stopping"
+            self._event(reason)
+        for unit in self.units.values():
+            if unit.state in ("pending", "backoff"):
+                unit.state = "stopped"
+
+    @property
+    def done(self) -> bool:
+        return self.phase == "stopped" or (
+            self.phase == "failed"
+            and all(u.proc is None for u in self.units.values())
+        )
+
+    # -- start side ----------------------------------------------------------------------
+
+    def _reap(self, unit: Unit, now: float) -> None:
+        if unit.proc is None:
+            return
+        code = unit.proc.poll()
+        if code is None:
+            return
+        unit.proc = None
+        unit.last_exit = code
+        if unit.svc.kind == "oneshot" and code == 0:
+            unit.state = "completed"
+            self._event(f"{unit.svc.name} completed")
+            return
+        self._event(f"{unit.svc.name} exited with code {code}")
+        self._failed(unit, now, f"exited with code {code}")
+
+    def _failed(self, unit: Unit, now: float, why: str) -> None:
+        policy = unit.svc.restart
+        unit.failures = [t for t in unit.failures if now - t < policy.window_seconds] + [now]
+        if not policy.enabled or len(unit.failures) > policy.max_restarts:
+            unit.state = "failed"
+            self.phase = "failed"
+            self.message = (
+                f"{unit.svc.name} {why}; gave up after {len(unit.failures)} failures "
+                f"in {policy.window_seconds:.0f}s"
+            )
+            self._event(self.message)
+            return
+        delay = min(
+            policy.backoff_seconds * 2 ** (len(unit.failures) - 1), policy.max_backoff_seconds
+        )
+        unit.state = "backoff"
+        unit.next_start_at = now + delay
+        unit.healthy = False
+        self._event(f"{unit.svc.name} restarting in {delay:.1f}s")
+
+    def _advance(self, unit: Unit, now: float) -> None:
+        svc = unit.svc
+        if unit.state == "pending" and self._deps_ready(svc):
+            self._start(unit, now)
+        elif unit.state == "backoff" and now >= unit.next_start_at:
+            unit.restarts += 1
+            self._start(unit, now)
+        elif unit.state == "starting" and svc.kind == "daemon":
+            if self._probe(unit, now):
+                unit.state = "ready"
+                unit.healthy = True
+                unit.last_health_at = now
+                self._event(f"{svc.name} ready")
+            elif unit.started_at is not None and now - unit.started_at > svc.ready_timeout_seconds:
+                self._kill(unit)
+                self._failed(unit, now, f"not ready after {svc.ready_timeout_seconds:.0f}s")
+        elif unit.state == "starting" and svc.kind == "oneshot":
+            if unit.started_at is not None and now - unit.started_at > svc.ready_timeout_seconds:
+                self._kill(unit)
+                self._failed(unit, now, f"did not finish in {svc.ready_timeout_seconds:.0f}s")
+        elif unit.state == "ready" and now - unit.last_health_at >= HEALTH_INTERVAL_SECONDS:
+            unit.healthy = self._probe(unit, now)
+            unit.last_health_at = now
+
+    def _deps_ready(self, svc: Service) -> bool:
+        return all(self.units[d].satisfied for d in svc.depends_on)
+
+    def _start(self, unit: Unit, now: float) -> None:
+        unit.proc = self.launcher.start(unit.svc)
+        unit.state = "starting"
+        unit.started_at = now
+        unit.healthy = None
+        self._event(f"{unit.svc.name} started (pid {unit.proc.pid})")
+
+    def _probe(self, unit: Unit, now: float) -> bool:
+        if unit.svc.probe.kind == "alive":
+            return unit.started_at is not None and now - unit.started_at >= ALIVE_READY_SECONDS
+        return self.prober.check(unit.svc)
+
+    def _kill(self, unit: Unit) -> None:
+        if unit.proc is not None:
+            unit.proc.send(signal.SIGKILL)
+            unit.proc = None
+
+    # -- stop side -----------------------------------------------------------------------
+
+    def _tick_stop(self) -> None:
+        now = self.clock()
+        for unit in self.units.values():
+            if unit.proc is not None and unit.proc.poll() is not None:
+                unit.last_exit = unit.proc.poll()
+                unit.proc = None
+                unit.state = "stopped" if unit.state != "failed" else "failed"
+                self._event(f"{unit.svc.name} stopped")
+            elif unit.proc is None and unit.state not in ("failed", "completed"):
+                unit.state = "stopped"
+        for name in reversed(self.order):
+            unit = self.units[name]
+            if unit.proc is None:
+                continue
+            if any(self.units[d].proc is not None for d in self._dependents(name)):
+                continue  # dependents go first
+            if unit.stop_sent_at is None:
+                unit.stop_sent_at = now
+                unit.state = "stopping"
+                unit.proc.send(getattr(signal, unit.svc.stop_signal))
+            elif now - unit.stop_sent_at > self.stop_grace_seconds:
+                self._event(f"{unit.svc.name} did not stop in time; killing it")
+                unit.proc.send(signal.SIGKILL)
+        if all(u.proc is None for u in self.units.values()) and self.phase == "stopping":
+            self.phase = "stopped"
+            self._event("stack stopped")
+
+    def _dependents(self, name: str) -> list[str]:
+        return [n for n, u in self.units.items() if name in u.svc.depends_on]
+
+    def _event(self, text: str) -> None:
+        self.events.append(text)

@@ -1,0 +1,48 @@
+"""`${VAR}` and `${VAR:-default}` in string values of a parsed stack file."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from prefectstack.errors import StackError
+
+_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\$")
+
+
+def yaml_path(loc: tuple[str | int, ...]) -> str:
+    """`("workers", 0, "pool")` -> `workers[0].pool`."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def interpolate(data: Any, env: Mapping[str, str], loc: tuple[str | int, ...] = ()) -> Any:
+    """Replace environment references in every string of `data`; `$$` is a literal `$`."""
+    if isinstance(data, dict):
+        return {k: interpolate(v, env, (*loc, str(k))) for k, v in data.items()}
+    if isinstance(data, list):
+        return [interpolate(v, env, (*loc, i)) for i, v in enumerate(data)]
+    if not isinstance(data, str):
+        return data
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        raise StackError(
+            f"{yaml_path(loc)}: environment variable {name} is not set",
+            hint=f"export {name}=... or write ${{{name}:-default}} in the stack file",
+            exit_code=2,
+        )
+
+    return _REF.sub(replace, data)

