@@ -12,15 +12,15 @@ from typing import IO
 from prefectstack.errors import StackError
 
 
-def _as_user(user: str | None) -> dict[str, object]:
-    """Switch uid, gid and supplementary groups: keeping root's gid would make group
-    permission bits (e.g. /root's 0700) apply instead of the `other` bits we rely on."""
+def _as_user(user: str | None) -> tuple[int | None, int | None, list[int] | None]:
+    """uid, gid and supplementary groups: keeping root's gid would make group permission
+    bits (e.g. /root's 0700) apply instead of the `other` bits we rely on."""
     if user is None:
-        return {}
+        return None, None, None
     import pwd
 
     entry = pwd.getpwnam(user)
-    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+    return entry.pw_uid, entry.pw_gid, []
 
 
 def run(
@@ -32,11 +32,14 @@ def run(
     input_text: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run a short command to completion; failure raises StackError quoting its output."""
+    uid, gid, groups = _as_user(user)
     try:
         result = subprocess.run(
             list(argv),
             env=dict(env) if env is not None else None,
-            **_as_user(user),  # type: ignore[arg-type]
+            user=uid,
+            group=gid,
+            extra_groups=groups,
             input=input_text,
             capture_output=True,
             text=True,
@@ -88,6 +91,7 @@ def spawn(
     cwd: Path,
     user: str | None = None,
 ) -> Process:
+    uid, gid, groups = _as_user(user)
     try:
         popen = subprocess.Popen(
             list(argv),
@@ -96,7 +100,9 @@ def spawn(
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=cwd,
-            **_as_user(user),  # type: ignore[arg-type]
+            user=uid,
+            group=gid,
+            extra_groups=groups,
             start_new_session=True,
         )
     except FileNotFoundError:

@@ -14,11 +14,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from prefectstack.stack.model import Stack
+from prefectstack.stack.model import WORKER_HEALTH_BASE_PORT, Stack
 
 LOOPBACK = "127.0.0.1"
 DOCKET_NAME = "prefect"  # `prefect server services start` hard-codes Docket(name="prefect")
-WORKER_HEALTH_BASE_PORT = 18080
 
 ProbeKind = Literal["pg", "redis", "http", "alive", "exit"]
 
@@ -165,7 +164,7 @@ def _postgres(stack: Stack) -> list[Service]:
         "password_encryption": "scram-sha-256",
         **pg.settings,
     }
-    argv = ("postgres", "-D", directory("pgdata"))
+    argv: tuple[str, ...] = ("postgres", "-D", directory("pgdata"))
     for key, value in settings.items():
         argv += ("-c", f"{key}={value}")
     return [

@@ -18,7 +18,9 @@ def _uptime(started: float | None, now: float) -> str:
     if not started:
         return "-"
     secs = int(now - started)
-    return f"{secs // 3600}h{secs % 3600 // 60:02d}m" if secs >= 3600 else f"{secs // 60}m{secs % 60:02d}s"
+    if secs >= 3600:
+        return f"{secs // 3600}h{secs % 3600 // 60:02d}m"
+    return f"{secs // 60}m{secs % 60:02d}s"
 
 
 def _health(value: bool | None) -> str:

@@ -7,11 +7,11 @@ import time
 
 import click
 
-from prefectstack import console, topology, tools
-from prefectstack.errors import StackError
-from prefectstack.runtime import local, state
-from prefectstack.stack.loader import LoadedStack, load_stack
+from prefectstack import console, tools, topology
 from prefectstack.cli.options import stack_file
+from prefectstack.errors import StackError
+from prefectstack.runtime import local, ports, state
+from prefectstack.stack.loader import LoadedStack, load_stack
 
 READY_TIMEOUT_SECONDS = 900
 
@@ -47,6 +47,7 @@ def up(stack_path: str | None, detach: bool) -> None:
 def _up_detached(loaded: LoadedStack, stack_path: str | None) -> None:
     state_dir = loaded.state_dir
     local.check_not_running(state_dir)
+    ports.check_free(topology.build(loaded.stack))
     (state_dir / "logs").mkdir(parents=True, exist_ok=True)
     source = str(click.format_filename(stack_path)) if stack_path else ""
     if source:

@@ -6,6 +6,7 @@ import asyncio
 import os
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from prefect import Flow
 from prefect.client.schemas.schedules import IntervalSchedule
@@ -30,12 +31,13 @@ async def register(pool: str, interval_seconds: int) -> list[str]:
     await ensure_pool(pool)
     hello = await Flow.afrom_source(str(FLOWS_DIR), "hello.py:hello")
     shell = await Flow.afrom_source(str(FLOWS_DIR), "shell.py:shell_command")
+    interval_schedule: Any = IntervalSchedule(interval=timedelta(seconds=interval_seconds))
     ids = []
     ids.append(
-        await hello.adeploy(  # type: ignore[attr-defined]
+        await hello.adeploy(
             name="hello",
             work_pool_name=pool,
-            schedules=[IntervalSchedule(interval=timedelta(seconds=interval_seconds))],
+            schedules=[interval_schedule],
             tags=["prefectstack", "example"],
             description="Says hello on a schedule; a smoke test of the whole platform.",
             build=False,
@@ -44,7 +46,7 @@ async def register(pool: str, interval_seconds: int) -> list[str]:
         )
     )
     ids.append(
-        await shell.adeploy(  # type: ignore[attr-defined]
+        await shell.adeploy(
             name="shell",
             work_pool_name=pool,
             parameters={"command": "echo hello from prefectstack && uname -a"},

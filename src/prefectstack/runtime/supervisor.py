@@ -225,8 +225,16 @@ class Supervisor:
             self.phase = "stopped"
             self._event("stack stopped")
 
-    def _dependents(self, name: str) -> list[str]:
-        return [n for n, u in self.units.items() if name in u.svc.depends_on]
+    def _dependents(self, name: str) -> set[str]:
+        """Units that depend on `name` directly or transitively: the APIs use postgres through
+        migrate and db-init, which have exited, so direct dependents alone are not enough."""
+        found: set[str] = set()
+        frontier = {name}
+        while frontier:
+            frontier = {n for n, u in self.units.items() if frontier & set(u.svc.depends_on)}
+            frontier -= found
+            found |= frontier
+        return found
 
     def _event(self, text: str) -> None:
         self.events.append(text)

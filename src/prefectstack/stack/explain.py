@@ -17,7 +17,8 @@ def _model_at(root: type[BaseModel], loc: tuple[str | int, ...]) -> type[BaseMod
     for part in loc[:-1]:
         if isinstance(part, int):
             continue
-        field = model.model_fields.get(part) if isinstance(model, type) else None
+        fields = getattr(model, "model_fields", {})
+        field = fields.get(part)
         if field is None:
             return None
         model = _inner_model(field.annotation)
@@ -38,7 +39,9 @@ def _inner_model(annotation: Any) -> type[BaseModel] | None:
 
 def _clean_loc(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
     # pydantic adds the literal/union branch or validator name to some locations
-    return tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
+    return tuple(
+        p for p in loc if not (isinstance(p, str) and ("[" in p or p.startswith("function-")))
+    )
 
 
 def explain_one(root: type[BaseModel], err: ErrorDetails) -> str:
@@ -65,4 +68,17 @@ def explain_one(root: type[BaseModel], err: ErrorDetails) -> str:
 
 
 def explain(root: type[BaseModel], error: ValidationError) -> list[str]:
-    return [explain_one(root, e) for e in error.errors(include_url=False)]
+    errors = error.errors(include_url=False)
+    # A typo (`poool`) is reported twice by pydantic: the unknown key and the missing field
+    # it was meant to be. Keep the unknown key, which carries the "did you mean".
+    typos: set[tuple[str | int, ...]] = set()
+    for err in errors:
+        loc = _clean_loc(tuple(err["loc"]))
+        if err["type"] == "extra_forbidden" and (parent := _model_at(root, loc)):
+            close = difflib.get_close_matches(str(loc[-1]), list(parent.model_fields), 1, 0.6)
+            typos.update((*loc[:-1], c) for c in close)
+    return [
+        explain_one(root, e)
+        for e in errors
+        if not (e["type"] == "missing" and _clean_loc(tuple(e["loc"])) in typos)
+    ]

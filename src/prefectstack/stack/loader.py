@@ -53,13 +53,16 @@ def parse_stack(text: str, env: Mapping[str, str], source: str = "stack.yaml") -
             hint=f"add `version: {CURRENT_VERSION}` as the first line",
             exit_code=2,
         )
-    if data["version"] != CURRENT_VERSION:
+    if type(data["version"]) is not int or data["version"] != CURRENT_VERSION:
         raise StackError(
             f"{source}: version: {data['version']!r} is not supported",
             hint=f"this prefectstack reads version {CURRENT_VERSION}",
             exit_code=2,
         )
-    data = interpolate(data, env)
+    try:
+        data = interpolate(data, env)
+    except StackError as exc:
+        raise StackError(f"{source}: {exc.message}", hint=exc.hint, exit_code=2) from None
     try:
         return Stack.model_validate(data)
     except ValidationError as exc:

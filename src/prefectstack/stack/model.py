@@ -7,12 +7,15 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 CURRENT_VERSION = 1
+WORKER_HEALTH_BASE_PORT = 18080  # worker i serves /health on this + i unless set
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,39}$")]
+# postgresql.conf keys prefectstack sets itself: loopback-only listening and the probed port.
+RESERVED_PG_SETTINGS = ("listen_addresses", "port", "unix_socket_directories")
 
 
 class Model(BaseModel):
@@ -58,6 +61,17 @@ class PostgresConfig(Model):
         description="postgresql.conf settings for a local server (merged over our tuned defaults).",
     )
 
+    @field_validator("settings")
+    @classmethod
+    def _no_reserved_settings(cls, settings: dict[str, str]) -> dict[str, str]:
+        reserved = sorted(set(settings) & set(RESERVED_PG_SETTINGS))
+        if reserved:
+            raise ValueError(
+                f"{', '.join(reserved)} cannot be set here: prefectstack keeps a local "
+                "PostgreSQL on loopback at `postgres.port`"
+            )
+        return settings
+
     @model_validator(mode="after")
     def _url_matches_mode(self) -> PostgresConfig:
         if self.mode == "external" and not self.url:
@@ -79,7 +93,9 @@ class RedisConfig(Model):
             "PATH; `external`: a server you run, given by `url`."
         ),
     )
-    url: str | None = Field(None, description="`redis://[:password@]host:port` for `mode: external`.")
+    url: str | None = Field(
+        None, description="`redis://[:password@]host:port` for `mode: external`."
+    )
     port: Port = Field(16379, description="Loopback TCP port of a local redis-server.")
 
     @model_validator(mode="after")
@@ -126,7 +142,7 @@ class WorkerConfig(Model):
     )
     limit: int | None = Field(None, ge=1, description="Maximum concurrent flow runs.")
     health_port: Port | None = Field(
-        None, description="Port of the worker's health endpoint (default: 18080 + index)."
+        None, description="Port of the worker's health endpoint (default: 18080 + its index)."
     )
 
 
@@ -140,6 +156,10 @@ class ExamplesConfig(Model):
     interval_seconds: int = Field(
         3600, ge=60, description="Interval schedule of the hello deployment, in seconds."
     )
+
+
+def _default_workers() -> list[WorkerConfig]:
+    return [WorkerConfig.model_validate({"name": "worker-1", "pool": "default"})]
 
 
 class Stack(Model):
@@ -159,7 +179,7 @@ class Stack(Model):
         description="Background services.",
     )
     workers: list[WorkerConfig] = Field(
-        default_factory=lambda: [WorkerConfig(name="worker-1", pool="default")],
+        default_factory=_default_workers,
         description="Workers on this host.",
     )
     examples: ExamplesConfig = Field(
@@ -167,16 +187,46 @@ class Stack(Model):
         description="Bundled example deployments.",
     )
 
-    @model_validator(mode="after")
-    def _unique_names_and_ports(self) -> Stack:
-        names = [w.name for w in self.workers]
+    # Field validators (not a model validator) so that errors name `workers` / `examples`.
+    @field_validator("workers")
+    @classmethod
+    def _unique_worker_names(cls, workers: list[WorkerConfig]) -> list[WorkerConfig]:
+        names = [w.name for w in workers]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"worker names must be unique; repeated: {', '.join(dupes)}")
-        pools = {w.pool for w in self.workers}
-        if self.examples.enabled and self.examples.pool and self.examples.pool not in pools:
+        return workers
+
+    @field_validator("examples")
+    @classmethod
+    def _examples_pool_has_worker(
+        cls, examples: ExamplesConfig, info: ValidationInfo
+    ) -> ExamplesConfig:
+        if "workers" not in info.data:  # workers were invalid; that error is reported instead
+            return examples
+        pools = {w.pool for w in info.data["workers"]}
+        if examples.enabled and examples.pool and examples.pool not in pools:
             raise ValueError(
-                f"examples.pool `{self.examples.pool}` has no worker; "
+                f"pool `{examples.pool}` has no worker; "
                 f"use one of: {', '.join(sorted(pools)) or '(add a worker)'}"
             )
+        return examples
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> Stack:
+        """Every local listener needs its own port; a clash would only show at start-up."""
+        owners: dict[int, list[str]] = {}
+        if self.postgres.mode != "external":
+            owners.setdefault(self.postgres.port, []).append("postgres.port")
+        if self.redis.mode != "external":
+            owners.setdefault(self.redis.port, []).append("redis.port")
+        for k in range(self.api.replicas):
+            owners.setdefault(self.api.port + k, []).append(f"api.port (replica {k + 1})")
+        for i, worker in enumerate(self.workers):
+            port = worker.health_port or WORKER_HEALTH_BASE_PORT + i
+            owners.setdefault(port, []).append(f"workers[{i}].health_port")
+        clashes = [f"{port}: {', '.join(names)}" for port, names in owners.items()
+                   if len(names) > 1]
+        if clashes:
+            raise ValueError("ports must be distinct; shared " + "; ".join(clashes))
         return self

@@ -1,0 +1,243 @@
+"""`prefectstack up` end to end: one stack, real processes, exercised in order.
+
+The tests in this module share one stack (module fixture) and run in file order: start,
+serve, run a deployment, survive a kill -9, stop cleanly, come back with the data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from .conftest import cli, service, status, wait_for
+
+pytestmark = pytest.mark.integration
+
+SHARED: dict[str, Any] = {}
+
+
+def api(stack_dir: Path) -> str:
+    ports = json.loads((stack_dir / "ports.json").read_text())
+    return f"http://127.0.0.1:{ports['api']}/api"
+
+
+def run_deployment(base: str, name: str, parameters: dict[str, Any]) -> str:
+    deployment = httpx.get(f"{base}/deployments/name/{name}", timeout=10).raise_for_status()
+    created = httpx.post(
+        f"{base}/deployments/{deployment.json()['id']}/create_flow_run",
+        json={"parameters": parameters},
+        timeout=10,
+    ).raise_for_status()
+    return str(created.json()["id"])
+
+
+def final_state(base: str, run_id: str, timeout: float = 180) -> str:
+    def check() -> str | None:
+        state = httpx.get(f"{base}/flow_runs/{run_id}", timeout=10).json()["state"]
+        return state["type"] if state and state["type"] in (
+            "COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
+
+    return str(wait_for(check, timeout, f"flow run {run_id} to finish", interval=1))
+
+
+def run_logs(base: str, run_id: str) -> list[str]:
+    response = httpx.post(
+        f"{base}/logs/filter",
+        json={"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200},
+        timeout=10,
+    ).raise_for_status()
+    return [entry["message"] for entry in response.json()]
+
+
+def test_up_detach_reaches_ready(stack_dir: Path) -> None:
+    result = cli("up", "--detach", cwd=stack_dir)
+    assert "is ready" in result.stdout
+    data = status(stack_dir)
+    assert data["running"] and data["phase"] == "ready"
+    states = {s["name"]: s["state"] for s in data["services"]}
+    assert states == {
+        "postgres": "ready", "redis": "ready", "db-init": "completed", "migrate": "completed",
+        "api-1": "ready", "services": "ready", "worker-1": "ready", "examples": "completed",
+    }
+    SHARED["pids"] = {s["name"]: s["pid"] for s in data["services"] if s["pid"]}
+
+
+def test_secrets_are_private_and_never_printed(stack_dir: Path) -> None:
+    secrets_file = stack_dir / "state" / "secrets.json"
+    assert stat.S_IMODE(secrets_file.stat().st_mode) == 0o600
+    values = json.loads(secrets_file.read_text()).values()
+    outputs = cli("status", cwd=stack_dir).stdout + cli("status", "--json", cwd=stack_dir).stdout
+    outputs += (stack_dir / "state" / "state.json").read_text()
+    for value in values:
+        assert value not in outputs
+
+
+def test_databases_listen_on_loopback_only(stack_dir: Path) -> None:
+    for name in ("postgres", "redis", "api-1"):
+        proc = psutil.Process(SHARED["pids"][name])
+        listening = [
+            c.laddr.ip
+            for p in [proc, *proc.children(recursive=True)]
+            for c in p.net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN
+        ]
+        assert listening, f"{name} listens nowhere"
+        assert set(listening) == {"127.0.0.1"}, f"{name} listens on {listening}"
+
+
+def test_postgres_runs_unprivileged_with_pg_trgm(stack_dir: Path) -> None:
+    proc = psutil.Process(SHARED["pids"]["postgres"])
+    if os.geteuid() == 0:
+        assert proc.username() != "root"
+    assert (stack_dir / "state" / "data" / "pgdata" / "PG_VERSION").exists()
+    log = (stack_dir / "state" / "logs" / "db-init.log").read_text()
+    assert "pg_trgm present" in log
+
+
+def test_ui_and_ready_answer(stack_dir: Path) -> None:
+    base = api(stack_dir)
+    assert httpx.get(f"{base}/ready", timeout=10).status_code == 200
+    assert httpx.get(f"{base}/health", timeout=10).json() is True
+    page = httpx.get(base.removesuffix("/api") + "/", timeout=10)
+    assert page.status_code == 200 and "<html" in page.text.lower()
+    ui_settings = httpx.get(base.removesuffix("/api") + "/ui-settings", timeout=10).json()
+    assert ui_settings["api_url"] == base
+
+
+def test_example_deployments_registered_with_schedule(stack_dir: Path) -> None:
+    base = api(stack_dir)
+    hello = httpx.get(f"{base}/deployments/name/hello/hello", timeout=10).json()
+    shell = httpx.get(f"{base}/deployments/name/shell-command/shell", timeout=10).json()
+    assert hello["work_pool_name"] == "itest-pool" == shell["work_pool_name"]
+    assert [s["schedule"]["interval"] for s in hello["schedules"]] == [3600.0]
+
+
+def test_worker_runs_deployment_and_logs_are_stored(stack_dir: Path) -> None:
+    base = api(stack_dir)
+    run_id = run_deployment(
+        base, "shell-command/shell", {"command": "for i in 1 2 3; do echo line-$i; done"}
+    )
+    assert final_state(base, run_id) == "COMPLETED"
+    messages = wait_for(
+        lambda: (m := run_logs(base, run_id)) and "line-3" in m and m,
+        30, "the run's output lines in its logs",
+    )
+    assert messages.index("line-1") < messages.index("line-2") < messages.index("line-3")
+    SHARED["run_id"] = run_id
+
+
+def test_failing_command_fails_the_run(stack_dir: Path) -> None:
+    base = api(stack_dir)
+    run_id = run_deployment(base, "shell-command/shell", {"command": "echo doomed; exit 3"})
+    assert final_state(base, run_id) == "FAILED"
+
+
+def test_kill_9_of_api_is_restarted(stack_dir: Path) -> None:
+    old = SHARED["pids"]["api-1"]
+    os.kill(old, signal.SIGKILL)
+
+    def restarted() -> dict[str, Any] | None:
+        api1 = service(status(stack_dir), "api-1")
+        ok = api1["state"] == "ready" and api1["pid"] != old and api1["restarts"] >= 1
+        return api1 if ok else None
+
+    api1 = wait_for(restarted, 120, "api-1 to be restarted and ready", interval=1)
+    assert api1["restarts"] == 1
+    assert httpx.get(f"{api(stack_dir)}/ready", timeout=10).status_code == 200
+    SHARED["pids"]["api-1"] = api1["pid"]
+
+
+def test_logs_command_shows_service_output(stack_dir: Path) -> None:
+    out = cli("logs", "migrate", "-n", "200", cwd=stack_dir).stdout
+    assert "migrate |" in out and "starting migrate" in out
+    bad = cli("logs", "nope", cwd=stack_dir, check=False)
+    assert bad.returncode == 2 and "available:" in bad.stderr
+
+
+def test_second_up_while_running_is_refused(stack_dir: Path) -> None:
+    result = cli("up", "--detach", cwd=stack_dir, check=False)
+    assert result.returncode == 1
+    assert "already running" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_down_leaves_no_process(stack_dir: Path) -> None:
+    data = status(stack_dir)
+    pids = [s["pid"] for s in data["services"] if s["pid"]] + [data["supervisor_pid"]]
+    children = []
+    for pid in pids:
+        try:
+            children += [c.pid for c in psutil.Process(pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            pass
+    cli("down", cwd=stack_dir)
+    alive = [p for p in pids + children if psutil.pid_exists(p)
+             and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert alive == []
+    assert status(stack_dir)["running"] is False
+
+
+def test_second_up_keeps_earlier_runs(stack_dir: Path) -> None:
+    cli("up", "--detach", cwd=stack_dir)
+    base = api(stack_dir)
+    run = httpx.get(f"{base}/flow_runs/{SHARED['run_id']}", timeout=10).json()
+    assert run["state"]["type"] == "COMPLETED"
+    assert "line-2" in run_logs(base, SHARED["run_id"])
+
+
+def test_crashed_supervisor_is_detected_and_cleaned(stack_dir: Path) -> None:
+    data = status(stack_dir)
+    service_pids = [s["pid"] for s in data["services"] if s["pid"]]
+    os.kill(data["supervisor_pid"], signal.SIGKILL)
+    wait_for(lambda: status(stack_dir)["stale"], 10, "status to report a stale supervisor")
+    human = cli("status", cwd=stack_dir).stderr
+    assert "supervisor is gone" in human
+    down = cli("down", cwd=stack_dir)
+    assert "leftover" in down.stderr
+    wait_for(lambda: not any(psutil.pid_exists(p) for p in service_pids), 15,
+             "leftover services to be gone")
+
+
+def test_foreground_up_stops_everything_on_ctrl_c(stack_dir: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prefectstack", "up"],
+        cwd=stack_dir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
+    )
+    try:
+        wait_for(lambda: status(stack_dir)["phase"] == "ready", 300, "foreground stack ready",
+                 interval=1)
+        pids = [s["pid"] for s in status(stack_dir)["services"] if s["pid"]]
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-3000:]
+    assert "is ready" in out and "api-1 |" in out  # summary and prefixed service logs
+    time.sleep(0.5)
+    assert not [p for p in pids if psutil.pid_exists(p)]
+    assert status(stack_dir)["running"] is False
+
+
+def test_down_volumes_asks_then_deletes(stack_dir: Path) -> None:
+    refused = cli("down", "--volumes", cwd=stack_dir, check=False)
+    assert refused.returncode == 1 and "nothing deleted" in refused.stderr
+    assert "This deletes" in refused.stdout
+    assert (stack_dir / "state" / "data" / "pgdata").exists()
+    cli("down", "--volumes", "--yes", cwd=stack_dir)
+    assert not (stack_dir / "state" / "data").exists()
+    assert (stack_dir / "state" / "secrets.json").exists()

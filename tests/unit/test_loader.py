@@ -1,0 +1,91 @@
+"""Reading stack files: the built-in default, the examples, and the file-level errors."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+from prefectstack.errors import StackError
+from prefectstack.stack import parse_stack
+from prefectstack.stack.loader import default_stack_text, load_stack
+from prefectstack.stack.model import CURRENT_VERSION, Stack
+
+EXAMPLES = resources.files("prefectstack").joinpath("examples")
+EXAMPLE_NAMES = sorted(p.name for p in EXAMPLES.iterdir() if p.name.endswith(".yaml"))
+# What the examples expect from the environment (see the comments in each file).
+EXAMPLE_ENV = {"PREFECT_DB_URL": "postgresql://prefect:pw@db.internal:5432/prefect"}
+
+
+def test_there_are_examples() -> None:
+    assert "default.yaml" in EXAMPLE_NAMES
+    assert len(EXAMPLE_NAMES) >= 2
+
+
+@pytest.mark.parametrize("name", EXAMPLE_NAMES)
+def test_every_example_parses(name: str) -> None:
+    stack = parse_stack(EXAMPLES.joinpath(name).read_text(), EXAMPLE_ENV, name)
+    assert isinstance(stack, Stack)
+    assert stack.version == CURRENT_VERSION
+
+
+def test_default_stack_is_local_and_loopback() -> None:
+    stack = parse_stack(default_stack_text(), {})
+    assert stack.postgres.mode == "embedded"
+    assert stack.redis.mode == "embedded"
+    assert stack.api.replicas == 1
+    assert stack.api.public_url is None
+    assert [w.pool for w in stack.workers] == ["default"]
+
+
+def test_default_stack_needs_no_environment() -> None:
+    assert parse_stack(default_stack_text(), {}) == parse_stack(default_stack_text(), EXAMPLE_ENV)
+
+
+def test_external_postgres_example_reads_the_url_from_the_environment() -> None:
+    text = EXAMPLES.joinpath("external-postgres.yaml").read_text()
+    stack = parse_stack(text, EXAMPLE_ENV)
+    assert stack.postgres.mode == "external"
+    assert stack.postgres.url == EXAMPLE_ENV["PREFECT_DB_URL"]
+    with pytest.raises(StackError, match=r"postgres\.url: environment variable PREFECT_DB_URL"):
+        parse_stack(text, {})
+
+
+def test_source_name_is_in_messages() -> None:
+    with pytest.raises(StackError, match=r"^my/stack\.yaml: "):
+        parse_stack("version: 1\nnmae: x\n", {}, "my/stack.yaml")
+
+
+def test_load_stack_reads_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "conf" / "prod.yaml"
+    path.parent.mkdir()
+    path.write_text("version: 1\nname: prod\nstate_dir: state\n")
+    loaded = load_stack(path)
+    assert loaded.stack.name == "prod"
+    assert loaded.source == str(path)
+    # relative state dirs resolve against the stack file, not the working directory
+    assert loaded.state_dir == (path.parent / "state").resolve()
+
+
+def test_load_stack_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(StackError, match="stack file not found") as info:
+        load_stack(tmp_path / "nope.yaml")
+    assert info.value.exit_code == 2
+
+
+def test_load_stack_unreadable_path_is_a_stack_error(tmp_path: Path) -> None:
+    with pytest.raises(StackError) as info:
+        load_stack(tmp_path)  # a directory
+    assert info.value.exit_code == 2
+
+
+def test_load_stack_prefers_stack_yaml_in_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert load_stack(None).source == "(built-in default stack)"
+    (tmp_path / "stack.yaml").write_text("version: 1\nname: here\n")
+    loaded = load_stack(None)
+    assert loaded.stack.name == "here"
+    assert loaded.base_dir == tmp_path.resolve()
