@@ -1,0 +1,87 @@
+"""`postgres.mode: external`: the stack uses a PostgreSQL server it did not start."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from prefectstack import tools
+from prefectstack.runtime import pgdata
+from prefectstack.runtime.binaries import postgres_bin_dir
+from prefectstack.runtime.probes import pg_ping
+
+from .conftest import cli, free_port, status, wait_for
+
+pytestmark = pytest.mark.integration
+
+SUPERUSER_PASSWORD = "superuser-test-password"
+APP_PASSWORD = "app-test-password"
+
+
+@pytest.fixture()
+def external_pg(tmp_path: Path) -> Iterator[int]:
+    """A PostgreSQL server started by hand, with a database and an owner role."""
+    port = free_port()
+    bin_dir = postgres_bin_dir("embedded")
+    data = tmp_path / "extpg" / "data"
+    data.parent.mkdir()
+    user = "prefectstack" if pgdata.is_root() else None
+    pgdata.prepare(data, bin_dir, user, SUPERUSER_PASSWORD)
+    with open(tmp_path / "extpg" / "log", "ab") as log:
+        proc = tools.spawn(
+            [str(bin_dir / "postgres"), "-D", str(data), "-c", "listen_addresses=127.0.0.1",
+             "-c", f"port={port}", "-c", "unix_socket_directories="],
+            env={"PATH": os.environ["PATH"]}, log=log, cwd=data.parent, user=user,
+        )
+    try:
+        wait_for(lambda: pg_ping("127.0.0.1", port), 60, "external postgres")
+
+        async def create() -> None:
+            conn = await asyncpg.connect(
+                f"postgresql://postgres:{SUPERUSER_PASSWORD}@127.0.0.1:{port}/postgres"
+            )
+            await conn.execute(f"CREATE ROLE ext LOGIN PASSWORD '{APP_PASSWORD}'")
+            await conn.execute("CREATE DATABASE extdb OWNER ext")
+            await conn.close()
+
+        asyncio.run(create())
+        yield port
+    finally:
+        proc.send(signal.SIGINT)
+        wait_for(lambda: proc.poll() is not None, 30, "external postgres to stop")
+
+
+def test_stack_on_external_postgres(tmp_path: Path, external_pg: int) -> None:
+    api_port, redis_port = free_port(), free_port()
+    (tmp_path / "stack.yaml").write_text(
+        "version: 1\nstate_dir: state\npostgres:\n  mode: external\n  url: ${EXT_DB_URL}\n"
+        f"redis: {{port: {redis_port}}}\napi: {{port: {api_port}}}\n"
+        "workers: []\nexamples: {enabled: false}\n"
+    )
+    env_url = f"postgresql://ext:{APP_PASSWORD}@127.0.0.1:{external_pg}/extdb"
+    os.environ["EXT_DB_URL"] = env_url
+    try:
+        cli("up", "--detach", cwd=tmp_path)
+        names = [s["name"] for s in status(tmp_path)["services"]]
+        assert "postgres" not in names and "db-init" in names
+        assert httpx.get(f"http://127.0.0.1:{api_port}/api/ready", timeout=10).status_code == 200
+
+        async def inspect() -> tuple[bool, bool]:
+            conn = await asyncpg.connect(env_url)
+            trgm = await conn.fetchval("SELECT 1 FROM pg_extension WHERE extname='pg_trgm'")
+            flows = await conn.fetchval("SELECT to_regclass('public.flow_run') IS NOT NULL")
+            await conn.close()
+            return bool(trgm), bool(flows)
+
+        assert asyncio.run(inspect()) == (True, True)  # db-init and migrate did their work
+        assert not (tmp_path / "state" / "data" / "pgdata").exists()
+    finally:
+        del os.environ["EXT_DB_URL"]
+        cli("down", cwd=tmp_path, check=False)
