@@ -284,7 +284,8 @@ def _services(stack: Stack) -> list[Service]:
             argv=("prefect", "server", "services", "start"),
             env=server_env(stack, "home-services"),
             volumes=("home-services",),
-            depends_on=("api-1",),
+            # Needs the schema and the broker, not the API: it starts beside api-1.
+            depends_on=("migrate",) + (() if stack.redis.mode == "external" else ("redis",)),
             probe=Probe("alive"),
         )
     ]

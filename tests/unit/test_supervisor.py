@@ -422,7 +422,11 @@ def test_real_topology_starts_and_stops_in_order() -> None:
         rig.clock.advance(1)
         rig.tick()
     assert rig.sup.phase == "ready"
-    assert rig.launcher.started == [s.name for s in services]
+    started = rig.launcher.started
+    assert sorted(started) == sorted(s.name for s in services)
+    for svc in services:
+        for dep in svc.depends_on:
+            assert started.index(dep) < started.index(svc.name), f"{svc.name} before {dep}"
 
     rig.sup.begin_stop()
     exited: set[str] = set()
