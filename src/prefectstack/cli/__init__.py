@@ -18,9 +18,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from prefectstack.cli import down, logs, schema, status, up
+    from prefectstack.cli import down, logs, render, schema, status, up
 
-    for module in (up, down, status, logs, schema):
+    for module in (up, down, status, logs, schema, render):
         for command in module.COMMANDS:
             cli.add_command(command)
 

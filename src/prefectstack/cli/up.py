@@ -9,6 +9,7 @@ import click
 
 from prefectstack import console, tools, topology
 from prefectstack.cli.options import stack_file
+from prefectstack.cli.render import up_compose
 from prefectstack.errors import StackError
 from prefectstack.runtime import local, ports, state
 from prefectstack.stack.loader import LoadedStack, load_stack
@@ -35,9 +36,20 @@ def summary(loaded: LoadedStack, detached: bool) -> None:
 @click.command()
 @stack_file
 @click.option("-d", "--detach", is_flag=True, help="Run in the background and return when ready.")
-def up(stack_path: str | None, detach: bool) -> None:
+@click.option(
+    "--backend",
+    type=click.Choice(["local", "compose"]),
+    default="local",
+    show_default=True,
+    help="Supervised processes on this host, or Docker Compose (needs a Docker engine).",
+)
+def up(stack_path: str | None, detach: bool, backend: str) -> None:
     """Start every service of the stack, in dependency order, and wait until it is ready."""
     loaded = load_stack(stack_path)
+    if backend == "compose":
+        target = up_compose(loaded)
+        console.out(f"started with Docker Compose from {target}")
+        return
     if not detach:
         code = local.run(loaded, foreground=True, on_ready=lambda: summary(loaded, False))
         sys.exit(code)

@@ -1,0 +1,308 @@
+"""The ASGI app Caddy's `forward_auth` asks, plus the sign-in and sign-out pages.
+
+`GET /auth/verify` judges the original request from `X-Forwarded-Method` and
+`X-Forwarded-Uri`: 200 with `X-Prefectstack-User`/`-Role` lets it through; 401 (a 302 to the
+sign-in page for a browser navigation), 403 or 429 is sent back to the client by Caddy.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import parse_qs, quote
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from prefectstack.auth import credentials as creds
+from prefectstack.auth.audit import AuditLog, Record, now_iso
+from prefectstack.auth.pages import CONTENT_SECURITY_POLICY, login_page
+from prefectstack.auth.policy import decide, split_uri
+from prefectstack.auth.store import SESSION_SECONDS, Identity, Store
+from prefectstack.auth.throttle import Throttle
+
+USER_HEADER = "X-Prefectstack-User"
+ROLE_HEADER = "X-Prefectstack-Role"
+LOGIN_PATH = "/auth/login"
+MAX_FORM_BYTES = 8192
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    # Off only for plain-HTTP tests: browsers drop Secure cookies on http:// origins.
+    cookie_secure: bool = True
+    session_seconds: float = SESSION_SECONDS
+    # The stack's public URL (`https://host:port`); None: trust the edge's X-Forwarded-Host.
+    public_origin: str | None = None
+    # The service listens on loopback behind Caddy, which sets X-Forwarded-For itself.
+    trust_forwarded: bool = True
+
+    @property
+    def cookie_name(self) -> str:
+        # `__Host-`: the browser accepts it only Secure, for Path=/ and without Domain, so
+        # a sibling subdomain cannot plant or shadow it.
+        return "__Host-prefectstack" if self.cookie_secure else "prefectstack"
+
+
+class AuthService:
+    def __init__(
+        self,
+        store: Store,
+        audit: AuditLog,
+        throttle: Throttle,
+        config: AuthConfig,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.audit = audit
+        self.throttle = throttle
+        self.config = config
+        self.clock = clock
+
+    def _record(
+        self,
+        request: Request,
+        *,
+        method: str,
+        path: str,
+        status: int,
+        identity: Identity | None,
+        reason: str,
+        key_prefix: str | None = None,
+    ) -> None:
+        self.audit.write(
+            Record(
+                time=now_iso(self.clock),
+                identity=identity.name if identity else None,
+                role=identity.role.value if identity else None,
+                method=method,
+                path=path,
+                status=status,
+                client=self._client(request),
+                key_prefix=identity.key_prefix if identity else key_prefix,
+                reason=reason,
+            )
+        )
+
+    def _login_record(
+        self,
+        request: Request,
+        status: int,
+        identity: Identity | None,
+        reason: str,
+        path: str = LOGIN_PATH,
+    ) -> None:
+        self._record(
+            request, method="POST", path=path, status=status, identity=identity, reason=reason
+        )
+
+    def _client(self, request: Request) -> str:
+        peer = request.client.host if request.client else None
+        return creds.client_address(request.headers, peer, self.config.trust_forwarded)
+
+    # -- forward_auth
+
+    async def verify(self, request: Request) -> Response:
+        headers = request.headers
+        method = headers.get("x-forwarded-method", request.method).upper()
+        uri = headers.get("x-forwarded-uri", "/")
+        path, _ = split_uri(uri)
+        public = decide(None, method, uri)
+        if public.allowed:
+            return Response(status_code=200)
+        outcome = await run_in_threadpool(
+            creds.authenticate,
+            self.store,
+            self.throttle,
+            authorization=headers.get("authorization"),
+            session=request.cookies.get(self.config.cookie_name),
+            client=self._client(request),
+        )
+        identity = outcome.identity
+
+        def refuse(status: int, reason: str, extra: dict[str, str] | None = None) -> Response:
+            self._record(
+                request,
+                method=method,
+                path=path,
+                status=status,
+                identity=identity,
+                reason=reason,
+                key_prefix=outcome.key_prefix,
+            )
+            return JSONResponse({"detail": reason}, status, headers=extra)
+
+        if outcome.retry_after:
+            return refuse(429, outcome.failure, {"Retry-After": str(outcome.retry_after)})
+        if identity is None:
+            return self._unauthenticated(request, method, path, uri, outcome)
+        ambient = identity.via == "session"
+        if not creds.origin_allowed(method, headers, self.config.public_origin, ambient=ambient):
+            return refuse(403, "cross-origin request refused")
+        decision = decide(identity.role, method, uri)
+        if not decision.allowed:
+            return refuse(403, decision.reason)
+        if decision.audited:
+            reason = decision.reason
+            self._record(
+                request, method=method, path=path, status=200, identity=identity, reason=reason
+            )
+        return Response(
+            status_code=200,
+            headers={USER_HEADER: identity.name, ROLE_HEADER: identity.role.value},
+        )
+
+    def _unauthenticated(
+        self, request: Request, method: str, path: str, uri: str, outcome: creds.Outcome
+    ) -> Response:
+        reason = outcome.failure or "credentials required"
+        prefix = outcome.key_prefix
+        if creds.wants_html(method, path, request.headers):
+            target = f"{LOGIN_PATH}?next={quote(creds.safe_next(uri), safe='')}"
+            self._record(
+                request,
+                method=method,
+                path=path,
+                status=302,
+                identity=None,
+                reason=reason,
+                key_prefix=prefix,
+            )
+            return RedirectResponse(target, status_code=302)
+        self._record(
+            request,
+            method=method,
+            path=path,
+            status=401,
+            identity=None,
+            reason=reason,
+            key_prefix=prefix,
+        )
+        return JSONResponse(
+            {"detail": reason},
+            401,
+            # Bearer, not Basic: a Basic challenge would make browsers pop up their own
+            # dialog and then replay the password on every request (ambient credentials).
+            headers={"WWW-Authenticate": 'Bearer realm="prefectstack"'},
+        )
+
+    # -- sign in / sign out
+
+    def _page(
+        self,
+        status: int,
+        *,
+        next_path: str,
+        error: str = "",
+        username: str = "",
+        headers: dict[str, str] | None = None,
+    ) -> HTMLResponse:
+        response = HTMLResponse(
+            login_page(next_path=next_path, error=error, username=username), status, headers
+        )
+        response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["X-Frame-Options"] = "DENY"
+        return response
+
+    async def login_form(self, request: Request) -> Response:
+        return self._page(200, next_path=creds.safe_next(request.query_params.get("next")))
+
+    async def login(self, request: Request) -> Response:
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_FORM_BYTES:
+                return JSONResponse({"detail": "sign-in form too large"}, 413)
+        form = parse_qs(body.decode(errors="replace"))
+        username = form.get("username", [""])[0].strip()
+        password = form.get("password", [""])[0]
+        next_path = creds.safe_next(form.get("next", ["/"])[0])
+        client = self._client(request)
+        if not creds.origin_allowed(
+            "POST", request.headers, self.config.public_origin, ambient=False
+        ):
+            self._login_record(request, 403, None, "cross-origin sign-in refused")
+            return self._page(403, next_path=next_path, error="Sign in from this site's page.")
+        verdict = self.throttle.check(client)
+        if not verdict.allowed:
+            return self._too_many(request, next_path, username, verdict.retry_after)
+        identity = await run_in_threadpool(self.store.verify_password, username, password)
+        if identity is None:
+            after = self.throttle.failure(client)
+            if after.retry_after:
+                return self._too_many(request, next_path, username, after.retry_after)
+            target = await run_in_threadpool(creds.attempted, self.store, username)
+            self._login_record(request, 401, None, f"failed sign-in as {target}")
+            return self._page(
+                401, next_path=next_path, error="Wrong username or password.", username=username
+            )
+        self.throttle.success(client)
+        token = await run_in_threadpool(
+            self.store.create_session, identity.name, self.config.session_seconds
+        )
+        self._login_record(request, 303, identity, "signed in")
+        response = RedirectResponse(next_path, status_code=303)
+        response.set_cookie(
+            self.config.cookie_name,
+            token,
+            max_age=int(self.config.session_seconds),
+            path="/",
+            secure=self.config.cookie_secure,
+            httponly=True,
+            samesite="lax",
+        )
+        return response
+
+    def _too_many(self, request: Request, next_path: str, username: str, retry: int) -> Response:
+        self._login_record(request, 429, None, "sign-in throttled")
+        return self._page(
+            429,
+            next_path=next_path,
+            error=f"Too many failed attempts. Try again in {retry} seconds.",
+            username=username,
+            headers={"Retry-After": str(retry)},
+        )
+
+    async def logout(self, request: Request) -> Response:
+        response = RedirectResponse(LOGIN_PATH, status_code=303)
+        if not creds.origin_allowed(
+            "POST", request.headers, self.config.public_origin, ambient=False
+        ):
+            return JSONResponse({"detail": "cross-origin sign-out refused"}, 403)
+        token = request.cookies.get(self.config.cookie_name)
+        if token:
+            identity = await run_in_threadpool(self.store.verify_session, token)
+            await run_in_threadpool(self.store.end_session, token)
+            self._login_record(request, 303, identity, "signed out", path="/auth/logout")
+        response.delete_cookie(
+            self.config.cookie_name,
+            path="/",
+            secure=self.config.cookie_secure,
+            httponly=True,
+            samesite="lax",
+        )
+        return response
+
+
+def create_app(
+    store: Store,
+    audit: AuditLog,
+    throttle: Throttle,
+    config: AuthConfig | None = None,
+    *,
+    clock: Callable[[], float] = time.time,
+) -> Starlette:
+    service = AuthService(store, audit, throttle, config or AuthConfig(), clock)
+    return Starlette(
+        routes=[
+            Route("/auth/verify", service.verify, methods=["GET"]),
+            Route(LOGIN_PATH, service.login_form, methods=["GET"]),
+            Route(LOGIN_PATH, service.login, methods=["POST"]),
+            Route("/auth/logout", service.logout, methods=["POST"]),
+        ]
+    )

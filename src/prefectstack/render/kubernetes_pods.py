@@ -1,0 +1,275 @@
+"""Pods, workloads and Services for the Kubernetes manifests of a stack.
+
+`depends_on` has no Kubernetes equivalent, so each dependency becomes an init container
+that waits: for a TCP port (postgres, redis), an HTTP readiness endpoint (the API) or a
+completed Job (the migration). One-shots that only prepare another one-shot (db-init)
+run as init containers of that Job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from prefectstack import topology
+from prefectstack.render import plan
+from prefectstack.render.common import (
+    APP_DIR,
+    APP_UID,
+    HOME_DIR,
+    POSTGRES_IMAGE,
+    REDIS_IMAGE,
+    env_name,
+    replace_secrets,
+    secret_refs,
+)
+from prefectstack.render.plan import Container, Plan
+
+PART_OF = "prefectstack"
+SCRIPTS_DIR = f"{APP_DIR}/scripts"
+IMAGE_UIDS = {"prefect": APP_UID, "postgres": 70, "redis": 999}  # the images' own users
+STORAGE = {"pgdata": "10Gi", "redis": "1Gi"}
+# requests cpu, memory; limits cpu, memory
+RESOURCES = {
+    "postgres": ("250m", "512Mi", "2", "2Gi"),
+    "redis": ("50m", "128Mi", "500m", "512Mi"),
+    "api": ("250m", "512Mi", "2", "2Gi"),
+    "worker": ("250m", "512Mi", "2", "2Gi"),
+    "other": ("100m", "256Mi", "1", "1Gi"),
+    "wait": ("10m", "32Mi", "100m", "64Mi"),
+}
+
+
+class Context:
+    """What every object of one stack shares: names, labels, images, the plan."""
+
+    def __init__(self, namespace: str, app_image: str, the_plan: Plan, secret: str) -> None:
+        self.namespace = namespace
+        self.app_image = app_image
+        self.plan = the_plan
+        self.secret = secret
+        self.by_name = {c.name: c for c in the_plan.containers}
+        self.jobs: dict[str, str] = {}  # one-shot container -> its Job's name
+
+    def image(self, c: Container) -> str:
+        return {"postgres": POSTGRES_IMAGE, "redis": REDIS_IMAGE}.get(c.image, self.app_image)
+
+    def labels(self, c: Container) -> dict[str, str]:
+        component = c.name if c.role == "other" else c.role
+        return {"app.kubernetes.io/name": c.name, "app.kubernetes.io/component": component,
+                "app.kubernetes.io/instance": self.namespace, "app.kubernetes.io/part-of": PART_OF}
+
+    def selector(self, c: Container) -> dict[str, str]:
+        return {"app.kubernetes.io/name": c.name, "app.kubernetes.io/instance": self.namespace}
+
+    def meta(self, name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
+        base = {"app.kubernetes.io/instance": self.namespace, "app.kubernetes.io/part-of": PART_OF}
+        return {"name": name, "namespace": self.namespace, "labels": labels or base}
+
+
+def _k8s_text(text: str) -> str:
+    """Secret placeholders become `$(SECRET_X)` env references; a literal `$(` is escaped."""
+    return replace_secrets(text, lambda n: f"$(SECRET_{env_name(n)})",
+                           lambda piece: piece.replace("$(", "$$("))
+
+
+def env_list(ctx: Context, c: Container, env: dict[str, str]) -> list[dict[str, Any]]:
+    """The secret-bearing part of the environment. A value that is just a secret reads it
+    from the Secret; a value that embeds one (a URL with a password) refers to a
+    `SECRET_<NAME>` variable defined first, which Kubernetes expands."""
+    embedded = [v for v in env.values() if secret_refs(v) and v != topology.secret(
+        secret_refs(v)[0])]
+    indirect = dict.fromkeys(n for text in [*embedded, *c.command] for n in secret_refs(text))
+    out = [_secret_ref(ctx, f"SECRET_{env_name(n)}", n) for n in indirect]
+    for key, value in env.items():
+        names = secret_refs(value)
+        if names and value == topology.secret(names[0]):
+            out.append(_secret_ref(ctx, key, names[0]))
+    out += [{"name": k, "value": _k8s_text(v)} for k, v in env.items() if v in embedded]
+    return out
+
+
+def _secret_ref(ctx: Context, var: str, key: str) -> dict[str, Any]:
+    return {"name": var, "valueFrom": {"secretKeyRef": {"name": ctx.secret, "key": key}}}
+
+
+def plain_env(c: Container) -> dict[str, str]:
+    """The ConfigMap part of a container's environment."""
+    return {k: v for k, v in _env(c).items() if not secret_refs(v)}
+
+
+def _env(c: Container) -> dict[str, str]:
+    env = plan.image_env(c) | c.env
+    if c.image == "postgres":
+        env["PGDATA"] = f"{plan.VOLUME_PATHS['pgdata']}/pgdata"  # a volume's root has lost+found
+    return env
+
+
+def container_spec(ctx: Context, c: Container) -> dict[str, Any]:
+    env = _env(c)
+    spec: dict[str, Any] = {"name": c.name, "image": ctx.image(c),
+                            "args": [_k8s_text(a) for a in c.command]}
+    if plain_env(c):
+        spec["envFrom"] = [{"configMapRef": {"name": f"{c.name}-env"}}]
+    secret_env = env_list(ctx, c, env)
+    if secret_env:
+        spec["env"] = secret_env
+    if c.port:
+        spec["ports"] = [{"name": "main", "containerPort": c.port}]
+    spec.update(_probes(c))
+    spec["resources"] = _resources(c.role)
+    spec["securityContext"] = _container_security()
+    mounts = [{"name": v, "mountPath": p} for v, p in c.volumes.items()]
+    if c.image == "prefect":
+        mounts.append({"name": "home", "mountPath": HOME_DIR})
+    if mounts:
+        spec["volumeMounts"] = mounts
+    return spec
+
+
+def _probes(c: Container) -> dict[str, Any]:
+    if c.kind != "daemon":
+        return {}
+    timing = {"periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 6}
+    if c.probe.kind == "http":
+        ready = {"httpGet": {"path": c.probe.path, "port": c.probe.port}, **timing}
+        alive_path = "/api/health" if c.scalable else c.probe.path
+        alive = {"httpGet": {"path": alive_path, "port": c.probe.port}, **timing}
+        start = {"httpGet": {"path": alive_path, "port": c.probe.port}, "periodSeconds": 5,
+                 "failureThreshold": 60}
+        return {"startupProbe": start, "readinessProbe": ready, "livenessProbe": alive}
+    command = plan.probe_command(c.probe)
+    if command is None or c.probe.kind == "alive":
+        return {}  # no endpoint: Kubernetes restarts the container when its process exits
+    check = {"exec": {"command": command}, **timing}
+    return {"readinessProbe": check, "livenessProbe": check}
+
+
+def _resources(role: str) -> dict[str, Any]:
+    cpu, memory, cpu_max, memory_max = RESOURCES.get(role, RESOURCES["other"])
+    return {"requests": {"cpu": cpu, "memory": memory},
+            "limits": {"cpu": cpu_max, "memory": memory_max}}
+
+
+def _container_security() -> dict[str, Any]:
+    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+            "runAsNonRoot": True}
+
+
+def wait_container(ctx: Context, dep: Container) -> dict[str, Any]:
+    if dep.kind == "oneshot":
+        args = ["job", ctx.jobs[dep.name]]
+    elif dep.probe.kind == "http":
+        host = "api" if dep.scalable else dep.name  # the Service in front of every API pod
+        args = ["http", f"http://{host}:{dep.port}{dep.probe.path}"]
+    else:
+        args = ["tcp", dep.name, str(dep.port)]
+    return {
+        "name": f"wait-for-{dep.name}",
+        "image": ctx.app_image,
+        "command": ["python", f"{SCRIPTS_DIR}/wait.py", *args],
+        "resources": _resources("wait"),
+        "securityContext": _container_security(),
+        "volumeMounts": [{"name": "scripts", "mountPath": SCRIPTS_DIR, "readOnly": True}],
+    }
+
+
+def pod_spec(ctx: Context, c: Container, init: list[Container]) -> dict[str, Any]:
+    """`init`: one-shots folded into this pod as init containers (after their own waits)."""
+    folded = {i.name for i in init}
+    inits: list[dict[str, Any]] = []
+    waits_for_job = False
+    for step in [*init, c]:
+        for name in step.depends_on:
+            dep = ctx.by_name.get(name)
+            if dep is not None and name not in folded:
+                inits.append(wait_container(ctx, dep))
+                waits_for_job = waits_for_job or dep.kind == "oneshot"
+        if step is not c:
+            inits.append(container_spec(ctx, step))
+    uid = IMAGE_UIDS[c.image]
+    spec: dict[str, Any] = {
+        # Only a pod that waits for a Job reads the Kubernetes API.
+        "automountServiceAccountToken": waits_for_job,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": uid, "runAsGroup": uid,
+                            "fsGroup": uid, "seccompProfile": {"type": "RuntimeDefault"}},
+    }
+    if waits_for_job:
+        spec["serviceAccountName"] = f"{ctx.namespace}-waiter"
+    if inits:
+        spec["initContainers"] = inits
+    spec["containers"] = [container_spec(ctx, c)]
+    volumes: list[dict[str, Any]] = []
+    if any(x.image == "prefect" for x in [*init, c]):
+        volumes.append({"name": "home", "emptyDir": {}})
+    if len(inits) > len(init):
+        volumes.append({"name": "scripts",
+                        "configMap": {"name": f"{ctx.namespace}-scripts", "defaultMode": 0o555}})
+    if volumes:
+        spec["volumes"] = volumes
+    if c.kind == "oneshot":
+        spec["restartPolicy"] = "OnFailure"
+    return spec
+
+
+def workload(ctx: Context, c: Container) -> dict[str, Any]:
+    template = {"metadata": {"labels": ctx.labels(c)}, "spec": pod_spec(ctx, c, [])}
+    if c.volumes:  # stateful: one pod, a claim per volume
+        return {
+            "apiVersion": "apps/v1", "kind": "StatefulSet",
+            "metadata": ctx.meta(c.name, ctx.labels(c)),
+            "spec": {
+                "serviceName": c.name, "replicas": 1,
+                "selector": {"matchLabels": ctx.selector(c)}, "template": template,
+                "volumeClaimTemplates": [
+                    {"metadata": {"name": v},
+                     "spec": {"accessModes": ["ReadWriteOnce"],
+                              "resources": {"requests": {"storage": STORAGE.get(v, "1Gi")}}}}
+                    for v in c.volumes
+                ],
+            },
+        }
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": ctx.meta(c.name, ctx.labels(c)),
+        "spec": {
+            "replicas": c.replicas, "selector": {"matchLabels": ctx.selector(c)},
+            # API pods are interchangeable; a second copy of anything else (the scheduler, a
+            # worker of the same name) must not overlap with the first.
+            "strategy": {"type": "RollingUpdate",
+                         "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+            if c.scalable else {"type": "Recreate"},
+            "template": template,
+        },
+    }
+
+
+def job(ctx: Context, c: Container, init: list[Container]) -> dict[str, Any]:
+    """A one-shot; its name carries a hash of its spec because a Job's template is
+    immutable: a changed stack applies as a new Job instead of failing."""
+    template = {"metadata": {"labels": ctx.labels(c)}, "spec": pod_spec(ctx, c, init)}
+    spec = {"backoffLimit": 6, "template": template}
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]
+    name = f"{c.name}-{digest}"
+    ctx.jobs[c.name] = name
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": ctx.meta(name, ctx.labels(c)),
+            "spec": spec}
+
+
+def service(ctx: Context, c: Container, selector: dict[str, str], name: str) -> dict[str, Any]:
+    spec: dict[str, Any] = {"selector": selector,
+                            "ports": [{"name": "main", "port": c.port, "targetPort": "main"}]}
+    if c.volumes:
+        spec["clusterIP"] = "None"  # headless: the StatefulSet's stable DNS name
+    return {"apiVersion": "v1", "kind": "Service", "metadata": ctx.meta(name), "spec": spec}
+
+
+def api_budget(ctx: Context, replicas: int) -> dict[str, Any]:
+    """Keep one API process through voluntary disruptions when there are several."""
+    limit = {"minAvailable": 1} if replicas > 1 else {"maxUnavailable": 1}
+    return {
+        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": ctx.meta("api"),
+        "spec": {**limit, "selector": {"matchLabels": {
+            "app.kubernetes.io/component": "api", "app.kubernetes.io/instance": ctx.namespace}}},
+    }

@@ -1,0 +1,83 @@
+"""The systemd unit and the GitHub Actions workflow."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from prefectstack.render import github_actions, systemd
+from prefectstack.stack.model import CURRENT_VERSION, Stack
+
+STACK = Stack.model_validate({"version": CURRENT_VERSION, "name": "demo",
+                              "api": {"public_url": "https://prefect.example.com"}})
+
+
+def tool(name: str) -> str:
+    found = Path(sys.executable).with_name(name)
+    path = str(found) if found.exists() else shutil.which(name)
+    if path is None:
+        pytest.skip(f"{name} is not installed")
+    return path
+
+
+def unit(stack_file: str | None = "/srv/demo/stack.yaml", executable: str = "/opt/bin/ps"
+         ) -> str:
+    bundle = systemd.render(STACK, executable=executable, stack_file=stack_file,
+                            working_dir="/srv/demo", state_dir="/srv/demo/.prefectstack",
+                            user="prefect")
+    return bundle.files["prefectstack-demo.service"]
+
+
+def test_systemd_unit_runs_up_with_a_restart_policy() -> None:
+    lines = unit().splitlines()
+    for expected in ("ExecStart=/opt/bin/ps up -f /srv/demo/stack.yaml", "Restart=on-failure",
+                     "User=prefect", "WorkingDirectory=/srv/demo", "KillSignal=SIGTERM",
+                     "WantedBy=multi-user.target"):
+        assert expected in lines
+    assert "ExecStart=/opt/bin/ps up" in unit(stack_file=None).splitlines()
+
+
+def test_systemd_unit_verifies(tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    file = tmp_path / "prefectstack-demo.service"
+    file.write_text(unit(executable=shutil.which("true") or "/bin/true"))
+    result = subprocess.run([analyze, "verify", str(file)], capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "prefectstack-demo.service" not in result.stderr, result.stderr
+
+
+def test_workflow_validates_against_the_github_schema(tmp_path: Path) -> None:
+    file = tmp_path / "deploy.yml"
+    file.write_text(github_actions.render(STACK).files[github_actions.FILE])
+    result = subprocess.run(
+        [tool("check-jsonschema"), "--builtin-schema", "vendor.github-workflows", str(file)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_workflow_builds_on_tags_then_plans_and_applies() -> None:
+    text = github_actions.render(STACK, stack_file="ops/stack.yaml", context="ops/compose"
+                                 ).files[github_actions.FILE]
+    flow = yaml.safe_load(text)
+    assert flow["on"]["push"]["tags"] == ["v*"]  # quoted: YAML 1.1 would read `on` as true
+    build = flow["jobs"]["image"]
+    assert build["permissions"]["packages"] == "write"
+    push = build["steps"][-1]
+    assert push["uses"].startswith("docker/build-push-action@")
+    assert push["with"]["context"] == "ops/compose" and push["with"]["push"] is True
+    deploy = flow["jobs"]["deploy"]
+    assert deploy["needs"] == "image"
+    assert deploy["env"]["PREFECT_API_KEY"] == "${{ secrets.PREFECT_API_KEY }}"
+    assert "https://prefect.example.com/api" in deploy["env"]["PREFECT_API_URL"]
+    runs = [step.get("run", "") for step in deploy["steps"]]
+    assert "prefectstack deploy plan -f ops/stack.yaml" in runs
+    assert "prefectstack deploy apply -f ops/stack.yaml" in runs
