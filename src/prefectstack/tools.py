@@ -132,3 +132,29 @@ def spawn_detached(argv: Sequence[str], *, log: IO[bytes], cwd: Path) -> int:
         start_new_session=True,
     )
     return popen.pid
+
+
+def run_foreground(argv: Sequence[str], *, env: Mapping[str, str]) -> int:
+    """Run a long-lived program attached to our terminal until it exits; SIGINT, SIGTERM
+    (and SIGHUP) sent to us are passed on to it once. Returns its exit code."""
+    posix = os.name == "posix"
+    try:
+        # Its own session on POSIX, so a Ctrl-C reaches it once (through us), not twice.
+        popen = subprocess.Popen(list(argv), env=dict(env), start_new_session=posix)
+    except FileNotFoundError:
+        raise StackError(f"program not found: {argv[0]}") from None
+
+    def forward(signum: int, _frame: object) -> None:
+        if popen.poll() is None:
+            popen.send_signal(signum)
+
+    # On Windows the console delivers Ctrl-C to the child itself; we only wait for it.
+    handler = forward if posix else signal.SIG_IGN
+    names = ("SIGINT", "SIGTERM", "SIGHUP") if posix else ("SIGINT",)
+    sigs = [getattr(signal, n) for n in names]
+    previous = {sig: signal.signal(sig, handler) for sig in sigs}
+    try:
+        return popen.wait()
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

@@ -10,6 +10,7 @@ Pure: no disk, network or processes. Values that differ per target stay symbolic
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -19,7 +20,7 @@ from prefectstack.stack.model import WORKER_HEALTH_BASE_PORT, Stack
 LOOPBACK = "127.0.0.1"
 DOCKET_NAME = "prefect"  # `prefect server services start` hard-codes Docket(name="prefect")
 
-ProbeKind = Literal["pg", "redis", "http", "alive", "exit"]
+ProbeKind = Literal["pg", "redis", "http", "tcp", "alive", "exit"]
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class Probe:
     def describe(self) -> str:
         if self.kind == "http":
             return f"GET http://{self.host}:{self.port}{self.path}"
-        if self.kind in ("pg", "redis"):
+        if self.kind in ("pg", "redis", "tcp"):
             return f"{self.kind} ping {self.host}:{self.port}"
         return {"alive": "process stays up", "exit": "exits 0"}[self.kind]
 
@@ -85,7 +86,16 @@ def api_ports(stack: Stack) -> list[int]:
 
 
 def public_url(stack: Stack) -> str:
-    return (stack.api.public_url or f"http://{LOOPBACK}:{stack.api.port}").rstrip("/")
+    if stack.api.public_url:
+        return stack.api.public_url.rstrip("/")
+    if stack.edge.enabled:
+        return stack.edge.public_url
+    return f"http://{LOOPBACK}:{stack.api.port}"
+
+
+def edge_ca_file() -> str:
+    """The root certificate of the edge's internal CA (Caddy's storage layout)."""
+    return directory("edge") + "/data/pki/authorities/local/root.crt"
 
 
 def worker_health_port(stack: Stack, index: int) -> int:
@@ -143,14 +153,33 @@ def server_env(stack: Stack, home: str) -> dict[str, str]:
     }
 
 
-def client_env(stack: Stack, home: str) -> dict[str, str]:
-    """Settings for Prefect clients of the stack (workers, deployment registration)."""
-    return {
+def client_env(stack: Stack, home: str, key: str) -> dict[str, str]:
+    """Settings for Prefect clients of the stack (workers, deployment registration).
+
+    With the edge on, they go through it like any other client: HTTPS verified against the
+    stack's CA, and an API key of their own (`key` names the secret holding it). The key is
+    also a custom header because Prefect's websocket clients send no Authorization otherwise.
+    """
+    env = {
         "PREFECT_HOME": directory(home),
         "PREFECT_API_URL": f"http://{LOOPBACK}:{stack.api.port}/api",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_CLIENT_CSRF_SUPPORT_ENABLED": "false",
     }
+    if stack.edge.enabled:
+        env["PREFECT_API_URL"] = f"{public_url(stack)}/api"
+        env["PREFECT_API_KEY"] = secret(key)
+        env["PREFECT_CLIENT_CUSTOM_HEADERS"] = (
+            '{"Authorization": "Bearer ' + secret(key) + '"}'
+        )
+        if stack.edge.internal_tls:
+            env["PREFECT_API_SSL_CERT_FILE"] = edge_ca_file()
+            env["SSL_CERT_FILE"] = edge_ca_file()
+    return env
+
+
+def client_deps(stack: Stack) -> tuple[str, ...]:
+    return ("edge",) if stack.edge.enabled else ("api-1",)
 
 
 def _postgres(stack: Stack) -> list[Service]:
@@ -302,7 +331,7 @@ def _workers(stack: Stack) -> list[Service]:
         )
         if worker.limit:
             argv += ("--limit", str(worker.limit))
-        env = client_env(stack, home) | {
+        env = client_env(stack, home, "worker_api_key") | {
             "PREFECT_WORKER_WEBSERVER_HOST": LOOPBACK,
             "PREFECT_WORKER_WEBSERVER_PORT": str(port),
         }
@@ -314,18 +343,37 @@ def _workers(stack: Stack) -> list[Service]:
                 env=env,
                 ports=(port,),
                 volumes=(home,),
-                depends_on=("api-1",),
+                # `pools` creates the work pool first: a worker key may not create one.
+                depends_on=(*client_deps(stack), "pools"),
                 probe=Probe("http", port=port, path="/health"),
             )
         )
     return out
 
 
+def _pools(stack: Stack) -> list[Service]:
+    """Create the work pools of the stack's workers before the workers start."""
+    if not stack.workers:
+        return []
+    pools = sorted({w.pool for w in stack.workers})
+    return [
+        Service(
+            name="pools",
+            kind="oneshot",
+            argv=("python", "-m", "prefectstack.runtime.pools", *pools),
+            env=client_env(stack, "home-pools", "deployer_api_key"),
+            volumes=("home-pools",),
+            depends_on=client_deps(stack),
+            probe=Probe("exit"),
+        )
+    ]
+
+
 def _examples(stack: Stack) -> list[Service]:
     if not stack.examples.enabled or not stack.workers:
         return []
     pool = stack.examples.pool or stack.workers[0].pool
-    env = client_env(stack, "home-examples") | {
+    env = client_env(stack, "home-examples", "deployer_api_key") | {
         "PREFECTSTACK_EXAMPLES_POOL": pool,
         "PREFECTSTACK_EXAMPLES_INTERVAL": str(stack.examples.interval_seconds),
     }
@@ -336,8 +384,69 @@ def _examples(stack: Stack) -> list[Service]:
             argv=("python", "-m", "prefectstack.runtime.examples"),
             env=env,
             volumes=("home-examples",),
-            depends_on=("api-1",),
+            depends_on=(*client_deps(stack), "pools"),
             probe=Probe("exit"),
+        )
+    ]
+
+
+def _auth(stack: Stack) -> list[Service]:
+    if not stack.edge.enabled:
+        return []
+    keys = [
+        {"name": "stack-worker", "role": "worker", "key": secret("worker_api_key")},
+        {"name": "stack-deployer", "role": "developer", "key": secret("deployer_api_key")},
+    ]
+    return [
+        Service(
+            name="auth",
+            kind="daemon",
+            argv=("python", "-m", "prefectstack.auth", "--host", LOOPBACK,
+                  "--port", str(stack.auth.port)),
+            env={
+                "PREFECTSTACK_AUTH_DIR": directory("auth"),
+                "PREFECTSTACK_PUBLIC_URL": public_url(stack),
+                "PREFECTSTACK_SESSION_HOURS": str(stack.auth.session_hours),
+                "PREFECTSTACK_ADMIN_PASSWORD": secret("admin_password"),
+                "PREFECTSTACK_SERVICE_KEYS": json.dumps(keys),
+            },
+            ports=(stack.auth.port,),
+            volumes=("auth",),
+            probe=Probe("http", port=stack.auth.port, path="/auth/login"),
+            run_as=stack.postgres.os_user,
+        )
+    ]
+
+
+def _edge(stack: Stack) -> list[Service]:
+    if not stack.edge.enabled:
+        return []
+    from prefectstack.render.caddy import edge_caddyfile
+
+    edge = stack.edge
+    config = edge_caddyfile(
+        edge,
+        upstreams=[f"{LOOPBACK}:{p}" for p in api_ports(stack)],
+        auth=f"{LOOPBACK}:{stack.auth.port}",
+        storage=directory("edge") + "/data",
+        flows_dir="${path.flows}",
+    )
+    privileged = min(edge.https_port, edge.http_port) < 1024
+    return [
+        Service(
+            name="edge",
+            kind="daemon",
+            argv=("caddy", "run", "--config", directory("edge") + "/Caddyfile",
+                  "--adapter", "caddyfile"),
+            env={"HOME": directory("edge"), "XDG_DATA_HOME": directory("edge") + "/data",
+                 "XDG_CONFIG_HOME": directory("edge") + "/config"},
+            ports=(edge.https_port, edge.http_port),
+            volumes=("edge",),
+            depends_on=("auth", "api-1"),
+            probe=Probe("tcp", port=edge.https_port),
+            # Ports below 1024 need root; otherwise the public listener runs unprivileged.
+            run_as=None if privileged else stack.postgres.os_user,
+            files={"edge/Caddyfile": config},
         )
     ]
 
@@ -351,6 +460,9 @@ def build(stack: Stack) -> list[Service]:
         _migrate(stack),
         *_apis(stack),
         *_services(stack),
+        *_auth(stack),
+        *_edge(stack),
+        *_pools(stack),
         *_workers(stack),
         *_examples(stack),
     ]

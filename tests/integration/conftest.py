@@ -24,6 +24,9 @@ def free_port() -> int:
 
 
 def stack_yaml(**ports: int) -> str:
+    """A test stack on free ports; `https`, `http` and `auth` are allocated when not given."""
+    for name in ("https", "http", "auth"):
+        ports.setdefault(name, free_port())
     return f"""\
 version: 1
 name: itest
@@ -34,6 +37,11 @@ redis:
   port: {ports["redis"]}
 api:
   port: {ports["api"]}
+edge:
+  https_port: {ports["https"]}
+  http_port: {ports["http"]}
+auth:
+  port: {ports["auth"]}
 workers:
   - name: worker-1
     pool: itest-pool
@@ -88,7 +96,7 @@ def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.5) -
 def stack_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A stack directory with its own free ports; torn down whatever happens."""
     root = tmp_path_factory.mktemp("stack")
-    ports = {k: free_port() for k in ("pg", "redis", "api", "worker")}
+    ports = {k: free_port() for k in ("pg", "redis", "api", "worker", "https", "http", "auth")}
     (root / "stack.yaml").write_text(stack_yaml(**ports))
     (root / "ports.json").write_text(json.dumps(ports))
     yield root

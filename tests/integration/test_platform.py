@@ -68,7 +68,8 @@ def test_up_detach_reaches_ready(stack_dir: Path) -> None:
     states = {s["name"]: s["state"] for s in data["services"]}
     assert states == {
         "postgres": "ready", "redis": "ready", "db-init": "completed", "migrate": "completed",
-        "api-1": "ready", "services": "ready", "worker-1": "ready", "examples": "completed",
+        "api-1": "ready", "services": "ready", "auth": "ready", "edge": "ready",
+        "pools": "completed", "worker-1": "ready", "examples": "completed",
     }
     SHARED["pids"] = {s["name"]: s["pid"] for s in data["services"] if s["pid"]}
 
@@ -84,7 +85,7 @@ def test_secrets_are_private_and_never_printed(stack_dir: Path) -> None:
 
 
 def test_databases_listen_on_loopback_only(stack_dir: Path) -> None:
-    for name in ("postgres", "redis", "api-1"):
+    for name in ("postgres", "redis", "api-1", "auth"):
         proc = psutil.Process(SHARED["pids"][name])
         listening = [
             c.laddr.ip
@@ -112,7 +113,8 @@ def test_ui_and_ready_answer(stack_dir: Path) -> None:
     page = httpx.get(base.removesuffix("/api") + "/", timeout=10)
     assert page.status_code == 200 and "<html" in page.text.lower()
     ui_settings = httpx.get(base.removesuffix("/api") + "/ui-settings", timeout=10).json()
-    assert ui_settings["api_url"] == base
+    https = json.loads((stack_dir / "ports.json").read_text())["https"]
+    assert ui_settings["api_url"] == f"https://localhost:{https}/api"  # the browser's URL
 
 
 def test_example_deployments_registered_with_schedule(stack_dir: Path) -> None:

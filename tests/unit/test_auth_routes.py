@@ -204,6 +204,8 @@ def test_the_ladder(role: Role, method: str, path: str, allowed: bool) -> None:
 # concurrency/ (v1 tags, v2 leases), flow_runs.py (pause/resume, run inputs),
 # deployments/flow_runs.py (run_deployment) and the client's version and CSRF checks.
 WORKER_CALLS = {
+    # cli/_worker_utils.py::_check_work_queues_paused, at `prefect worker start`
+    ("POST", "/api/work_pools/{work_pool_name}/queues/filter"),
     ("GET", "/api/health"), ("GET", "/api/ready"), ("GET", "/api/hello"),
     ("GET", "/api/version"), ("GET", "/api/csrf-token"), ("GET", "/api/admin/version"),
     ("GET", "/api/admin/storage"),

@@ -41,7 +41,7 @@ def test_minimal_stack_has_working_defaults() -> None:
     assert s.name == "prefectstack"
     assert s.postgres.mode == "embedded" and s.postgres.url is None
     assert s.redis.mode == "embedded"
-    assert s.api.replicas == 1 and s.api.port == 4200
+    assert s.api.replicas == 1 and s.api.port == 14200
     assert s.services.enabled
     assert [(w.name, w.pool) for w in s.workers] == [("worker-1", "default")]
     assert s.examples.enabled

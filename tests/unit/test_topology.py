@@ -49,8 +49,11 @@ stacks = pytest.mark.parametrize("data", list(STACKS.values()), ids=list(STACKS)
 def test_default_services() -> None:
     names = [s.name for s in topology.build(stack())]
     assert names == [
-        "postgres", "redis", "db-init", "migrate", "api-1", "services", "worker-1", "examples",
+        "postgres", "redis", "db-init", "migrate", "api-1", "services", "auth", "edge",
+        "pools", "worker-1", "examples",
     ]
+    no_edge = [s.name for s in topology.build(stack(edge={"enabled": False}))]
+    assert "edge" not in no_edge and "auth" not in no_edge
 
 
 @stacks
@@ -126,7 +129,9 @@ def test_ui_api_url_uses_the_public_url() -> None:
     for p in servers(services):
         assert p.env["PREFECT_SERVER_UI_API_URL"] == "https://prefect.example.com/api"
     default = build()
-    assert default["api-1"].env["PREFECT_SERVER_UI_API_URL"] == "http://127.0.0.1:4200/api"
+    assert default["api-1"].env["PREFECT_SERVER_UI_API_URL"] == "https://localhost:4200/api"
+    no_edge = build(edge={"enabled": False})
+    assert no_edge["api-1"].env["PREFECT_SERVER_UI_API_URL"] == "http://127.0.0.1:14200/api"
 
 
 _PLACEHOLDER = re.compile(r"\$\{(?:secret|dir)\.[A-Za-z0-9_-]+\}")
@@ -149,9 +154,12 @@ def test_no_literal_secrets_only_placeholders(data: dict[str, Any]) -> None:
                 checked += 1
                 assert re.fullmatch(r"\$\{secret\.[a-z_]+\}", credential), (svc.name, text)
     assert checked > 0  # the checker did find the database and redis credentials
-    assert topology.secret_names(services) == {
+    assert topology.secret_names(services) >= {
         "postgres_password", "postgres_superuser_password", "redis_password",
     }
+    assert topology.secret_names(services) - {
+        "postgres_password", "postgres_superuser_password", "redis_password",
+    } <= {"admin_password", "worker_api_key", "deployer_api_key"}
 
 
 def test_topology_does_not_read_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -220,9 +228,18 @@ def test_workers() -> None:
     assert a.ports == (18080,) and b.ports == (18081,)
     assert b.env["PREFECT_WORKER_WEBSERVER_PORT"] == "18081"
     for w in (a, b):
-        assert w.depends_on == ("api-1",)
-        assert w.env["PREFECT_API_URL"] == "http://127.0.0.1:4200/api"
+        # Through the edge, with the worker key and the stack's CA; after `pools` made
+        # the pool (a worker key may not).
+        assert w.depends_on == ("edge", "pools")
+        assert w.env["PREFECT_API_URL"] == "https://localhost:4200/api"
+        assert w.env["PREFECT_API_KEY"] == "${secret.worker_api_key}"
+        assert w.env["PREFECT_API_SSL_CERT_FILE"].startswith("${dir.edge}/")
         assert w.probe.kind == "http" and w.probe.path == "/health"
+    no_edge = topology.build(stack(edge={"enabled": False}, workers=[{"name": "a", "pool": "p"}]))
+    direct = {s.name: s for s in no_edge}["a"]
+    assert direct.depends_on == ("api-1", "pools")
+    assert direct.env["PREFECT_API_URL"] == "http://127.0.0.1:14200/api"
+    assert "PREFECT_API_KEY" not in direct.env
     assert services["examples"].env["PREFECTSTACK_EXAMPLES_POOL"] == "p1"
 
 

@@ -84,6 +84,11 @@ def _sha256(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
+def new_api_key() -> str:
+    """`pfs_<8 hex>_<43 url-safe chars>`: the prefix is public (logs), the rest is secret."""
+    return f"pfs_{secrets.token_hex(4)}_{secrets.token_urlsafe(32)}"
+
+
 def key_prefix(key: str) -> str | None:
     """The public part of a well-formed key (`pfs_ab12cd34`), else None."""
     return key[:12] if KEY_PATTERN.fullmatch(key) else None
@@ -225,14 +230,28 @@ class Store:
 
     def create_key(self, name: str, role: Role, *, expires_at: float | None = None) -> str:
         """A new key, returned once; only its hash is kept."""
-        prefix = f"pfs_{secrets.token_hex(4)}"
-        key = f"{prefix}_{secrets.token_urlsafe(32)}"
+        key = new_api_key()
+        self.import_key(name, role, key, expires_at=expires_at)
+        return key
+
+    def import_key(
+        self, name: str, role: Role, key: str, *, expires_at: float | None = None
+    ) -> bool:
+        """Register a key generated elsewhere (the stack's own service keys live in its
+        secrets file). Idempotent: False when the key is already known, even if revoked —
+        a revoked service key stays revoked."""
+        prefix = key_prefix(key)
+        if prefix is None:
+            raise StackError("not a prefectstack API key (expected pfs_<8 hex>_<43 chars>)")
         with self._tx() as conn:
+            known = conn.execute("SELECT 1 FROM api_keys WHERE prefix=?", (prefix,)).fetchone()
+            if known:
+                return False
             conn.execute(
                 "INSERT INTO api_keys VALUES (?,?,?,?,?,?,NULL,NULL)",
                 (prefix, name, role.value, _sha256(key), self._clock(), expires_at),
             )
-        return key
+        return True
 
     def keys(self) -> list[ApiKey]:
         rows = self._query("SELECT * FROM api_keys ORDER BY created_at, prefix")

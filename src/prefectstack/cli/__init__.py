@@ -18,9 +18,21 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from prefectstack.cli import down, logs, render, schema, status, up
+    from prefectstack.cli import (
+        audit,
+        deploy,
+        down,
+        keys,
+        logs,
+        render,
+        schema,
+        status,
+        up,
+        users,
+        worker,
+    )
 
-    for module in (up, down, status, logs, schema, render):
+    for module in (up, down, status, logs, schema, render, deploy, worker, users, keys, audit):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -10,8 +10,9 @@ import click
 from prefectstack import console, tools, topology
 from prefectstack.cli.options import stack_file
 from prefectstack.cli.render import up_compose
+from prefectstack.deploy.apply import apply_on_up
 from prefectstack.errors import StackError
-from prefectstack.runtime import local, ports, state
+from prefectstack.runtime import edge, local, ports, state
 from prefectstack.stack.loader import LoadedStack, load_stack
 
 READY_TIMEOUT_SECONDS = 900
@@ -22,6 +23,8 @@ def summary(loaded: LoadedStack, detached: bool) -> None:
     console.out("")
     console.out(f"prefectstack `{loaded.stack.name}` is ready.")
     console.out(f"  UI and API:   {topology.public_url(loaded.stack)}  (API at /api)")
+    if loaded.stack.edge.enabled:
+        _edge_summary(loaded)
     console.out(f"  stack file:   {loaded.source}")
     console.out(f"  data:         {root / 'data'}")
     console.out(f"  logs:         {root / 'logs'}   (prefectstack logs [SERVICE] -f)")
@@ -31,6 +34,19 @@ def summary(loaded: LoadedStack, detached: bool) -> None:
         console.out("  stop:         prefectstack down")
     else:
         console.out("  stop:         Ctrl-C (or prefectstack down from another shell)")
+    apply_on_up(loaded, background=not detached)
+
+
+def _edge_summary(loaded: LoadedStack) -> None:
+    root = loaded.state_dir
+    if loaded.stack.edge.internal_tls:
+        ca = edge.export_ca(root)
+        console.out(f"  CA cert:      {ca}  (clients: PREFECT_API_SSL_CERT_FILE={ca})")
+    password = edge.admin_password_once(root)
+    if password:
+        console.out(f"  sign in:      user `admin`, password (shown this once): {password}")
+        console.out("                change it: prefectstack users passwd admin")
+    console.out("  access:       prefectstack users|keys|audit")
 
 
 @click.command()

@@ -1,17 +1,21 @@
-"""Run a shell command and stream its output, line by line, into the run's logs."""
+"""Run a shell command and stream its output, line by line, into the run's logs.
+
+The flow behind the seed documents' "run shell command" jobs: anything a cron line or a CI
+step would run, with the output visible in the Prefect UI while it runs, a timeout, and a
+failed run (quoting the last lines of output) when the command fails.
+
+POSIX only (`/bin/sh`); for cmd.exe on Windows workers use `windows.py:windows_command`.
+No retries by default, because a command is not known to be safe to repeat; when it is,
+deploy `shell_command.with_options(retries=2)` or wrap it in your own flow.
+"""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import threading
-from collections import deque
-
 from prefect import flow, get_run_logger
 
+from prefectstack.flows._common import CommandFailed, CommandTimedOut, run_streaming
 
-class CommandFailed(RuntimeError):
-    pass
+__all__ = ["CommandFailed", "CommandTimedOut", "shell_command"]
 
 
 @flow(name="shell-command")
@@ -22,43 +26,27 @@ def shell_command(
     timeout_seconds: float | None = 3600,
     tail_lines: int = 20,
 ) -> int:
-    """Run `command` with /bin/sh; each output line is logged as it arrives.
+    """Run `command` with `/bin/sh -c`, logging each output line as it arrives.
 
-    Fails the run on a non-zero exit code (quoting the last `tail_lines` lines) or when the
-    command runs longer than `timeout_seconds`.
+    Args:
+        command: The shell command line (pipes, `&&`, redirections and so on work).
+        cwd: Working directory; defaults to the worker's working directory.
+        env: Extra environment variables, added to the worker's environment.
+        timeout_seconds: Kill the command (and its children) after this long; `None` waits
+            forever.
+        tail_lines: How many of the last output lines to quote in the failure message.
+
+    Returns:
+        The exit code, 0. A non-zero exit code fails the run with `CommandFailed`, and a
+        timeout with `CommandTimedOut`; both quote the last `tail_lines` lines.
     """
     logger = get_run_logger()
-    tail: deque[str] = deque(maxlen=tail_lines)
-    proc = subprocess.Popen(
+    logger.info("running: %s", command)
+    return run_streaming(
         ["/bin/sh", "-c", command],
+        log=logger.info,
         cwd=cwd,
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        bufsize=1,
+        env=env,
+        timeout_seconds=timeout_seconds,
+        tail_lines=tail_lines,
     )
-    timed_out = threading.Event()
-
-    def expire() -> None:
-        timed_out.set()
-        proc.kill()
-
-    timer = threading.Timer(timeout_seconds, expire) if timeout_seconds else None
-    if timer:
-        timer.start()
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            line = line.rstrip("\n")
-            tail.append(line)
-            logger.info(line)
-        code = proc.wait()
-    finally:
-        if timer:
-            timer.cancel()
-    if timed_out.is_set():
-        raise CommandFailed(f"command timed out after {timeout_seconds}s")
-    if code != 0:
-        raise CommandFailed(f"command exited with code {code}; last lines:\n" + "\n".join(tail))
-    return code

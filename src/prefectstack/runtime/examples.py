@@ -19,10 +19,16 @@ async def ensure_pool(pool: str) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectAlreadyExists
+    from prefect.workers.process import ProcessWorker
 
     async with get_client() as client:
         try:
-            await client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+            # With its base job template: a worker fills in an empty one itself, and a
+            # worker key may not change a pool.
+            template = ProcessWorker.get_default_base_job_template()
+            await client.create_work_pool(
+                WorkPoolCreate(name=pool, type="process", base_job_template=template)
+            )
         except ObjectAlreadyExists:
             pass
 

@@ -24,7 +24,7 @@ from prefectstack.runtime.supervisor import Supervisor
 from prefectstack.stack.loader import LoadedStack
 from prefectstack.topology import Service
 
-_PLACEHOLDER = re.compile(r"\$\{(secret|dir)\.([A-Za-z0-9_-]+)\}")
+_PLACEHOLDER = re.compile(r"\$\{(secret|dir|path)\.([A-Za-z0-9_-]+)\}")
 TICK_SECONDS = 0.2
 LOG_ROTATE_BYTES = 20 * 1024 * 1024
 
@@ -51,17 +51,22 @@ class Layout:
 
 
 class Resolver:
-    """Replace `${secret.X}` and `${dir.X}` with this host's values."""
+    """Replace `${secret.X}`, `${dir.X}` and `${path.X}` with this host's values."""
 
-    def __init__(self, layout: Layout, secret_values: dict[str, str]) -> None:
+    def __init__(
+        self, layout: Layout, secret_values: dict[str, str], paths: dict[str, str]
+    ) -> None:
         self.layout = layout
         self.secrets = secret_values
+        self.paths = paths
 
     def __call__(self, text: str) -> str:
         def sub(match: re.Match[str]) -> str:
             kind, name = match.groups()
             if kind == "dir":
                 return str(self.layout.volume(name))
+            if kind == "path":
+                return self.paths[name]
             return self.secrets[name]
 
         return _PLACEHOLDER.sub(sub, text)
@@ -112,14 +117,24 @@ def prepare(loaded: LoadedStack, services: list[Service]) -> tuple[Layout, Resol
     layout.root.mkdir(parents=True, exist_ok=True)
     layout.root.chmod(0o700 if not pgdata.is_root() else 0o711)
     layout.logs.mkdir(exist_ok=True)
+    layout.data.mkdir(exist_ok=True)
     values = secrets.ensure(layout.root, topology.secret_names(services) | _extra_secrets(loaded))
-    resolve = Resolver(layout, values)
+    resolve = Resolver(layout, values, {"flows": str(flows_dir(loaded))})
     for svc in services:
+        owner = svc.run_as if (svc.run_as and pgdata.is_root()) else None
+        if owner:
+            pgdata.ensure_os_user(owner)
         for volume in svc.volumes:
             if svc.prepare != "pgdata":
                 layout.volume(volume).mkdir(parents=True, exist_ok=True)
+                if owner:
+                    pgdata.chown_tree(layout.volume(volume), owner)
         for rel, content in svc.files.items():
             secrets.write_private(layout.data / rel, resolve(content))
+            if owner:
+                pgdata.chown_tree(layout.data / rel, owner)
+        if owner:
+            pgdata.ensure_traversable(layout.data)
         if svc.prepare == "pgdata":
             layout.data.mkdir(parents=True, exist_ok=True)
             pgdata.prepare(
@@ -129,6 +144,12 @@ def prepare(loaded: LoadedStack, services: list[Service]) -> tuple[Layout, Resol
                 values["postgres_superuser_password"],
             )
     return layout, resolve
+
+
+def flows_dir(loaded: LoadedStack) -> Path:
+    if loaded.stack.edge.flows_dir:
+        return (loaded.base_dir / loaded.stack.edge.flows_dir).resolve()
+    return Path(__file__).resolve().parent.parent / "flows"
 
 
 def _extra_secrets(loaded: LoadedStack) -> set[str]:

@@ -52,7 +52,7 @@ def prepare(
     if (pgdata / "PG_VERSION").exists():
         _check_version(pgdata, bin_dir)
         if user:
-            _chown_tree(pgdata, os_user)  # e.g. after a restore done as root
+            chown_tree(pgdata, os_user)  # e.g. after a restore done as root
         return
     tmp = pgdata.with_name(pgdata.name + ".initdb-tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -63,7 +63,7 @@ def prepare(
         with os.fdopen(fd, "w") as fh:
             fh.write(superuser_password + "\n")
         if user:
-            _chown_tree(tmp, os_user)
+            chown_tree(tmp, os_user)
             shutil.chown(pwfile, user)
         tools.run(
             [str(bin_dir / "initdb"), "-D", str(tmp), "-U", "postgres",
@@ -97,15 +97,22 @@ def _check_version(pgdata: Path, bin_dir: Path) -> None:
         )
 
 
-def _chown_tree(path: Path, user: str | None) -> None:
+def chown_tree(path: Path, user: str | None) -> None:
     if not user:
         return
+    if path.is_file():
+        os.chown(path, *ids(user))
+        return
+    if path.stat().st_uid == ids(user)[0] and not any(
+        p.stat().st_uid != ids(user)[0] for p in path.iterdir()
+    ):
+        return  # already ours (the common case on a warm start): skip the walk
     for root, dirs, files in os.walk(path):
         shutil.chown(root, user, user)
         for name in dirs + files:
-            os.lchown(os.path.join(root, name), *_ids(user))
+            os.lchown(os.path.join(root, name), *ids(user))
 
 
-def _ids(user: str) -> tuple[int, int]:
+def ids(user: str) -> tuple[int, int]:
     entry = pwd.getpwnam(user)
     return entry.pw_uid, entry.pw_gid

@@ -52,6 +52,14 @@ def redis_ping(host: str, port: int) -> bool:
         return False
 
 
+def tcp_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=TIMEOUT):
+            return True
+    except OSError:
+        return False
+
+
 def http_ok(probe: Probe) -> bool:
     try:
         response = httpx.get(
@@ -71,4 +79,6 @@ class RealProber:
             return redis_ping(probe.host, probe.port)
         if probe.kind == "http":
             return http_ok(probe)
+        if probe.kind == "tcp":
+            return tcp_open(probe.host, probe.port)
         return True

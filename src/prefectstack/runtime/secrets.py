@@ -40,6 +40,14 @@ def load(state_dir: Path) -> dict[str, str]:
     return {str(k): str(v) for k, v in data.items()}
 
 
+def _generate(name: str) -> str:
+    if name.endswith("_api_key"):
+        from prefectstack.auth.store import new_api_key
+
+        return new_api_key()
+    return secrets.token_urlsafe(32)
+
+
 def ensure(state_dir: Path, names: set[str]) -> dict[str, str]:
     """Return every named secret, generating (and storing) only the missing ones."""
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -47,7 +55,7 @@ def ensure(state_dir: Path, names: set[str]) -> dict[str, str]:
     missing = sorted(names - current.keys())
     if missing:
         # URL-safe alphabet: the values go into connection URLs and config files unescaped.
-        current.update({name: secrets.token_urlsafe(32) for name in missing})
+        current.update({name: _generate(name) for name in missing})
         _write_private(state_dir / SECRETS_FILE, json.dumps(current, indent=2, sort_keys=True))
     return current
 

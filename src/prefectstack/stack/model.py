@@ -9,6 +9,15 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from prefectstack.stack.deployments import (
+    ConcurrencyLimits,
+    Deployments,
+    Secrets,
+    Variables,
+    WorkPools,
+)
+from prefectstack.stack.edge import AuthConfig, EdgeConfig
+
 CURRENT_VERSION = 1
 WORKER_HEALTH_BASE_PORT = 18080  # worker i serves /health on this + i unless set
 
@@ -113,12 +122,16 @@ class ApiConfig(Model):
     """The Prefect API + UI processes (`prefect server start --no-services`)."""
 
     replicas: int = Field(1, ge=1, le=16, description="Number of API processes.")
-    port: Port = Field(4200, description="Port of the first API process; replica k uses port+k-1.")
+    port: Port = Field(
+        14200,
+        description="Loopback port of the first API process; replica k uses port+k-1.",
+    )
     public_url: str | None = Field(
         None,
         description=(
             "URL browsers and clients use to reach the API root (without `/api`). Defaults to "
-            "the first API process, `http://127.0.0.1:<port>`."
+            "the edge (`https://<edge.host>:<edge.https_port>`), or to the first API process "
+            "when the edge is off."
         ),
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
@@ -186,6 +199,27 @@ class Stack(Model):
         default_factory=ExamplesConfig,  # type: ignore[arg-type]
         description="Bundled example deployments.",
     )
+    edge: EdgeConfig = Field(
+        default_factory=EdgeConfig,  # type: ignore[arg-type]
+        description="The HTTPS front door (Caddy).",
+    )
+    auth: AuthConfig = Field(
+        default_factory=AuthConfig,  # type: ignore[arg-type]
+        description="Users, roles and API keys, checked by the edge.",
+    )
+    work_pools: WorkPools = Field(
+        default_factory=list, description="Work pools managed by `prefectstack deploy`."
+    )
+    deployments: Deployments = Field(
+        default_factory=list, description="Deployments managed by `prefectstack deploy`."
+    )
+    concurrency_limits: ConcurrencyLimits = Field(
+        default_factory=list, description="Global concurrency limits."
+    )
+    variables: Variables = Field(default_factory=list, description="Prefect variables.")
+    secrets: Secrets = Field(
+        default_factory=list, description="Secret blocks, valued from env vars or files."
+    )
 
     # Field validators (not a model validator) so that errors name `workers` / `examples`.
     @field_validator("workers")
@@ -222,6 +256,10 @@ class Stack(Model):
             owners.setdefault(self.redis.port, []).append("redis.port")
         for k in range(self.api.replicas):
             owners.setdefault(self.api.port + k, []).append(f"api.port (replica {k + 1})")
+        if self.edge.enabled:
+            owners.setdefault(self.edge.https_port, []).append("edge.https_port")
+            owners.setdefault(self.edge.http_port, []).append("edge.http_port")
+            owners.setdefault(self.auth.port, []).append("auth.port")
         for i, worker in enumerate(self.workers):
             port = worker.health_port or WORKER_HEALTH_BASE_PORT + i
             owners.setdefault(port, []).append(f"workers[{i}].health_port")

@@ -1,0 +1,60 @@
+"""Run the auth service: `python -m prefectstack.auth --host 127.0.0.1 --port N`.
+
+Configuration comes from the environment the supervisor sets (never from arguments, which
+other local users can read in `ps`): the store directory, the public URL, the bootstrap
+admin password and the stack's own service keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import uvicorn
+
+from prefectstack.auth.app import AuthConfig, create_app
+from prefectstack.auth.audit import AuditLog
+from prefectstack.auth.bootstrap import ADMIN_USERNAME
+from prefectstack.auth.roles import Role
+from prefectstack.auth.store import Store
+from prefectstack.auth.throttle import Throttle
+
+AUDIT_FILE = "audit.log"
+
+
+def bootstrap(store: Store) -> None:
+    """The admin (only while there are no users) and the stack's service keys."""
+    password = os.environ.get("PREFECTSTACK_ADMIN_PASSWORD")
+    if password and not store.users():
+        store.add_user(ADMIN_USERNAME, Role.ADMIN, password)
+        print("created the bootstrap admin user `admin`")
+    for entry in json.loads(os.environ.get("PREFECTSTACK_SERVICE_KEYS", "[]")):
+        if store.import_key(entry["name"], Role(entry["role"]), entry["key"]):
+            print(f"registered service key {entry['name']} ({entry['role']})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    directory = Path(os.environ["PREFECTSTACK_AUTH_DIR"])
+    store = Store(directory)
+    bootstrap(store)
+    public = os.environ.get("PREFECTSTACK_PUBLIC_URL")
+    config = AuthConfig(
+        cookie_secure=not public or public.startswith("https://"),
+        session_seconds=float(os.environ.get("PREFECTSTACK_SESSION_HOURS", "12")) * 3600,
+        public_origin=public,
+    )
+    app = create_app(store, AuditLog(directory / AUDIT_FILE), Throttle(), config)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False,
+                # Never a websocket: forward_auth checks of websocket handshakes are plain
+                # HTTP requests and must not be upgraded.
+                ws="none")
+
+
+if __name__ == "__main__":
+    main()

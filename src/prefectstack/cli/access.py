@@ -1,0 +1,44 @@
+"""Shared by `users`, `keys` and `audit`: open the auth store of a stack's state dir.
+
+The store belongs to the unprivileged account the auth service runs as; a CLI run as root
+hands every file it touched back to that account, or the service could no longer write its
+own database.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+from prefectstack.auth.store import Store
+from prefectstack.runtime import pgdata
+from prefectstack.stack.loader import LoadedStack, load_stack
+
+
+def auth_dir(loaded: LoadedStack) -> Path:
+    return loaded.state_dir / "data" / "auth"
+
+
+@contextmanager
+def open_store(stack_path: str | None) -> Iterator[Store]:
+    loaded = load_stack(stack_path)
+    directory = auth_dir(loaded)
+    store = Store(directory)
+    try:
+        yield store
+    finally:
+        store.close()
+        if pgdata.is_root():
+            owner = loaded.stack.postgres.os_user
+            pgdata.ensure_os_user(owner)
+            for path in [directory, *directory.iterdir()]:
+                os.chown(path, *pgdata.ids(owner))
+
+
+def when(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "-"
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M UTC")

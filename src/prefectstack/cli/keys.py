@@ -1,0 +1,78 @@
+"""`prefectstack keys create|list|revoke`: API keys for machines (workers, CI, scripts)."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import asdict
+
+import click
+
+from prefectstack import console
+from prefectstack.auth.roles import Role
+from prefectstack.cli.access import open_store, when
+from prefectstack.cli.options import json_flag, stack_file
+from prefectstack.errors import StackError
+
+_DURATION = re.compile(r"^(\d+)([mhdw])$")
+_SECONDS = {"m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> float:
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise StackError(f"cannot read duration {text!r}", hint="use e.g. 30m, 12h, 90d, 4w",
+                         exit_code=2)
+    return int(match.group(1)) * _SECONDS[match.group(2)]
+
+
+@click.group()
+def keys() -> None:
+    """Manage API keys (shown once, stored hashed, revocable)."""
+
+
+@keys.command("create")
+@stack_file
+@click.argument("name")
+@click.option("--role", type=click.Choice([r.value for r in Role]), required=True)
+@click.option("--expires-in", default=None, help="Lifetime, e.g. 90d (default: no expiry).")
+def create(stack_path: str | None, name: str, role: str, expires_in: str | None) -> None:
+    """Create a key; it is printed once and only its hash is kept."""
+    expires = time.time() + parse_duration(expires_in) if expires_in else None
+    with open_store(stack_path) as store:
+        key = store.create_key(name, Role(role), expires_at=expires)
+    console.out(f"created {role} key {key[:12]} ({name}); the key, shown once:")
+    console.out(key)
+
+
+@keys.command("list")
+@stack_file
+@json_flag
+def list_keys(stack_path: str | None, as_json: bool) -> None:
+    """List keys by prefix (never the keys themselves)."""
+    with open_store(stack_path) as store:
+        found = store.keys()
+    if as_json:
+        console.json_out([asdict(k) | {"role": k.role.value} for k in found])
+        return
+    now = time.time()
+    rows = [
+        [k.prefix, k.name, k.role.value, when(k.created_at), when(k.expires_at),
+         "revoked" if k.revoked_at else ("expired" if not k.usable(now) else "active"),
+         when(k.last_used_at)]
+        for k in found
+    ]
+    console.table(["prefix", "name", "role", "created", "expires", "state", "last used"], rows)
+
+
+@keys.command("revoke")
+@stack_file
+@click.argument("prefix")
+def revoke(stack_path: str | None, prefix: str) -> None:
+    """Revoke a key by its prefix (pfs_xxxxxxxx); it stops working at once."""
+    with open_store(stack_path) as store:
+        store.revoke_key(prefix)
+    console.out(f"revoked {prefix}")
+
+
+COMMANDS = [keys]

@@ -1,0 +1,78 @@
+"""The edge (Caddy) and the auth service behind it, as stack-file sections."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+class EdgeConfig(BaseModel):
+    """Caddy: the only listener reachable from other machines."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(
+        True,
+        description=(
+            "Put Caddy (HTTPS, auth, load balancing) in front of the API. Off: the API is "
+            "reachable only on loopback, without users or keys."
+        ),
+    )
+    host: str = Field(
+        "localhost",
+        description=(
+            "Host name or IP address clients use. `localhost` or an IP address gets a "
+            "certificate from the stack's own CA (`tls internal`); a domain name gets an "
+            "ACME (Let's Encrypt) certificate."
+        ),
+    )
+    https_port: Port = Field(4200, description="HTTPS port of the edge.")
+    http_port: Port = Field(4280, description="Plain-HTTP port; it only redirects to HTTPS.")
+    acme_email: str | None = Field(
+        None, description="Contact address for ACME certificates (domain names only)."
+    )
+    flows_dir: str | None = Field(
+        None,
+        description=(
+            "Directory served read-only at `/flow-files/` (signed-in users only). Default: "
+            "the bundled flow library."
+        ),
+    )
+
+    @field_validator("host")
+    @classmethod
+    def _plain_host(cls, host: str) -> str:
+        if "/" in host or ":" in host.strip("[]").replace("::1", ""):
+            raise ValueError("give a bare host name or IP address, without scheme or port")
+        return host
+
+    @property
+    def internal_tls(self) -> bool:
+        if self.host in LOCAL_HOSTS:
+            return True
+        try:
+            ipaddress.ip_address(self.host.strip("[]"))
+            return True
+        except ValueError:
+            return False
+
+    @property
+    def public_url(self) -> str:
+        port = "" if self.https_port == 443 else f":{self.https_port}"
+        return f"https://{self.host}{port}"
+
+
+class AuthConfig(BaseModel):
+    """The auth service Caddy asks before every request (users, roles, API keys, audit)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    port: Port = Field(14180, description="Loopback port of the auth service.")
+    session_hours: float = Field(
+        12, gt=0, le=720, description="How long a browser sign-in lasts, in hours."
+    )
