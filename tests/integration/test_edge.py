@@ -1,0 +1,215 @@
+"""The edge end to end: real Caddy, the real auth service and real Prefect API processes."""
+
+from __future__ import annotations
+
+import json
+import re
+import ssl
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from prefectstack.auth.policy import decide
+from prefectstack.auth.roles import Role
+from prefectstack.auth.store import Store
+
+from .conftest import cli, free_port, stack_yaml, wait_for
+
+pytestmark = pytest.mark.integration
+
+FAKE_ID = "00000000-0000-4000-8000-000000000000"
+# An admin call with an empty body is harmless everywhere but here: an empty bulk_delete
+# filter matches everything, and the database admin routes drop or clear the database.
+NEVER_CALL = re.compile(r"^/api/admin/database/|/bulk_delete$")
+
+
+class Edge:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.ports: dict[str, int] = json.loads((root / "ports.json").read_text())
+        self.base = f"https://localhost:{self.ports['https']}"
+        self.ca = str(root / "state" / "ca.crt")
+        self.keys: dict[str, str] = {}
+
+    def client(self, key: str | None = None, **kwargs: Any) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.base, verify=ssl.create_default_context(cafile=self.ca),
+                            headers=headers, timeout=30, **kwargs)
+
+    def key(self, role: str) -> str:
+        if role not in self.keys:
+            out = cli("keys", "create", f"test-{role}", "--role", role, cwd=self.root).stdout
+            self.keys[role] = out.strip().splitlines()[-1]
+        return self.keys[role]
+
+    def audit(self, *args: str) -> list[dict[str, Any]]:
+        records: list[dict[str, Any]] = json.loads(
+            cli("audit", "--json", *args, cwd=self.root).stdout
+        )
+        return records
+
+
+@pytest.fixture(scope="module")
+def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
+    root = tmp_path_factory.mktemp("edge")
+    ports = {k: free_port() for k in ("pg", "redis", "api", "worker", "https", "http", "auth")}
+    (root / "stack.yaml").write_text(stack_yaml(**ports).replace("interval_seconds: 3600",
+                                                                  "interval_seconds: 86400"))
+    (root / "ports.json").write_text(json.dumps(ports))
+    try:
+        up = cli("up", "--detach", cwd=root)
+        assert "password (shown this once)" in up.stdout
+        yield Edge(root)
+    finally:
+        cli("down", cwd=root, check=False, timeout=120)
+
+
+def concrete(path: str) -> str:
+    return re.sub(r"\{[^}]+\}", FAKE_ID, path)
+
+
+def openapi_routes(edge: Edge) -> list[tuple[str, str]]:
+    doc = httpx.get(f"http://127.0.0.1:{edge.ports['api']}/api/openapi.json", timeout=30).json()
+    return sorted(
+        (method.upper(), "/api" + path if not path.startswith("/api") else path)
+        for path, item in doc["paths"].items()
+        for method in item
+        if method in ("get", "post", "put", "patch", "delete")
+    )
+
+
+def test_tls_validates_against_the_exported_ca_only(edge: Edge) -> None:
+    with edge.client() as client:
+        assert client.get("/api/health").json() is True
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        httpx.get(f"{edge.base}/api/health", verify=ssl.create_default_context(), timeout=10)
+
+
+def test_plain_http_redirects_to_https(edge: Edge) -> None:
+    response = httpx.get(f"http://localhost:{edge.ports['http']}/dashboard?x=1", timeout=10)
+    assert response.status_code == 308
+    assert response.headers["location"] == f"{edge.base}/dashboard?x=1"
+
+
+def test_security_headers_and_compression(edge: Edge) -> None:
+    with edge.client(edge.key("viewer")) as client:
+        response = client.get("/", headers={"Accept-Encoding": "gzip"})
+    assert response.status_code == 200
+    assert "max-age=31536000" in response.headers["strict-transport-security"]
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers.get("content-encoding") == "gzip"
+
+
+def test_operator_runs_a_deployment_through_the_edge_and_viewer_cannot(edge: Edge) -> None:
+    with edge.client(edge.key("viewer")) as viewer:
+        deployment = viewer.get("/api/deployments/name/shell-command/shell").json()
+        refused = viewer.post(f"/api/deployments/{deployment['id']}/create_flow_run", json={})
+    assert refused.status_code == 403
+    with edge.client(edge.key("operator")) as operator:
+        run = operator.post(
+            f"/api/deployments/{deployment['id']}/create_flow_run",
+            json={"parameters": {"command": "echo through-the-edge"}},
+        ).raise_for_status().json()
+
+        def done() -> str | None:
+            state = operator.get(f"/api/flow_runs/{run['id']}").json()["state"]
+            return state["type"] if state["type"] in ("COMPLETED", "FAILED", "CRASHED") else None
+
+        assert wait_for(done, 180, "the run through the edge", interval=1) == "COMPLETED"
+    operator_prefix = edge.key("operator")[:12]
+    trigger = [r for r in edge.audit("--user", f"key:{operator_prefix}")
+               if r["path"].endswith("/create_flow_run")]
+    assert trigger and trigger[0]["status"] == 200 and trigger[0]["role"] == "operator"
+    denied = [r for r in edge.audit("--user", f"key:{edge.key('viewer')[:12]}")
+              if r["path"].endswith("/create_flow_run")]
+    assert denied and denied[0]["status"] == 403
+    # the stack's own worker polled and reported through the edge with its worker key
+    assert any(r["role"] == "worker" for r in edge.audit("--since", "1h"))
+
+
+def test_only_probes_answer_without_credentials(edge: Edge) -> None:
+    routes = openapi_routes(edge)
+    assert len(routes) > 150
+    wrong = []
+    with edge.client() as client:
+        for method, path in routes:
+            if NEVER_CALL.match(path):
+                continue
+            status = client.request(method, concrete(path)).status_code
+            public = path in ("/api/health", "/api/ready")
+            if (status == 401) == public:
+                wrong.append(f"{method} {path} -> {status}")
+        ui = client.get("/deployments", headers={"Accept": "text/html"})
+    assert wrong == []
+    assert ui.status_code == 302 and ui.headers["location"].startswith("/auth/login")
+
+
+@pytest.mark.parametrize("role", ["viewer", "admin"])
+def test_every_route_answers_as_the_role_table_says(edge: Edge, role: str) -> None:
+    """The real edge enforces the table route by route (the table itself is tested against
+    Prefect's OpenAPI document in tests/unit/test_auth_routes.py)."""
+    wrong, refused = [], 0
+    with edge.client(edge.key(role)) as client:
+        for method, path in openapi_routes(edge):
+            if NEVER_CALL.match(path):
+                continue
+            uri = concrete(path)
+            status = client.request(method, uri).status_code
+            allowed = decide(Role(role), method, uri).allowed
+            if allowed and status in (401, 403):
+                wrong.append(f"{method} {path}: allowed by the table, got {status}")
+            if not allowed:
+                refused += 1
+                if status != 403:
+                    wrong.append(f"{method} {path}: refused by the table, got {status}")
+    assert wrong == []
+    if role == "admin":
+        assert refused == 0
+    else:
+        assert refused > 50  # every mutating route
+
+
+def test_revoked_key_stops_at_once_and_expired_key_is_refused(edge: Edge) -> None:
+    key = cli("keys", "create", "short-lived", "--role", "viewer",
+              cwd=edge.root).stdout.strip().splitlines()[-1]
+    with edge.client(key) as client:
+        assert client.post("/api/flows/filter", json={}).status_code == 200
+        cli("keys", "revoke", key[:12], cwd=edge.root)
+        assert client.post("/api/flows/filter", json={}).status_code == 401
+    store = Store(edge.root / "state" / "data" / "auth")
+    try:
+        expired = store.create_key("expired", Role.VIEWER, expires_at=time.time() - 1)
+    finally:
+        store.close()
+    with edge.client(expired) as client:
+        assert client.post("/api/flows/filter", json={}).status_code == 401
+    listed = json.loads(cli("keys", "list", "--json", cwd=edge.root).stdout)
+    assert {k["prefix"]: k["revoked_at"] is not None for k in listed}[key[:12]] is True
+    assert key not in json.dumps(listed)  # never the key itself
+
+
+def test_basic_auth_string_with_a_key_is_accepted(edge: Edge) -> None:
+    key = edge.key("viewer")
+    with edge.client(auth=("ci", key)) as client:
+        assert client.post("/api/flows/filter", json={}).status_code == 200
+
+
+def test_failed_sign_ins_are_slowed_then_refused(edge: Edge) -> None:
+    cli("users", "add", "mallory", "--role", "viewer", cwd=edge.root)
+    statuses = []
+    with edge.client(follow_redirects=False) as client:
+        for _ in range(6):
+            response = client.post(
+                "/auth/login", data={"username": "mallory", "password": "wrong-password-123"},
+                headers={"Origin": edge.base},
+            )
+            statuses.append(response.status_code)
+    assert 429 in statuses, statuses
+    throttled = statuses.index(429)
+    assert throttled >= 3 and all(s != 303 for s in statuses)
+    refused = [r for r in edge.audit("--since", "1h") if r["path"] == "/auth/login"]
+    assert any(r["status"] == 429 for r in refused)
