@@ -54,11 +54,13 @@ examples:
 
 
 def cli(
-    *args: str, cwd: Path, timeout: float = 600, check: bool = True
+    *args: str, cwd: Path, timeout: float = 600, check: bool = True,
+    input_text: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
         [sys.executable, "-m", "prefectstack", *args],
         cwd=cwd,
+        input=input_text,
         capture_output=True,
         text=True,
         timeout=timeout,

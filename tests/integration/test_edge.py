@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import ssl
 import time
@@ -213,3 +214,76 @@ def test_failed_sign_ins_are_slowed_then_refused(edge: Edge) -> None:
     assert throttled >= 3 and all(s != 303 for s in statuses)
     refused = [r for r in edge.audit("--since", "1h") if r["path"] == "/auth/login"]
     assert any(r["status"] == 429 for r in refused)
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def _browser_or_skip() -> Any:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        sync_playwright = None
+    if sync_playwright is None or not CHROMIUM.exists():
+        if os.environ.get("CI"):
+            pytest.fail("CI must have Debian's chromium and playwright (see scripts/test.sh)")
+        pytest.skip("needs Debian's chromium and the playwright package")
+    return sync_playwright
+
+
+def _quick_run_as(edge: Edge, page: Any, user: str, password: str) -> int:
+    """Sign in, open the hello deployment, click Run > Quick run; the API's answer."""
+    page.goto(f"{edge.base}/deployments")
+    assert "/auth/login" in page.url  # not signed in: the sign-in page, not the UI
+    page.fill("input[name=username]", user)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
+    page.wait_for_load_state("networkidle")
+    assert page.url.endswith("/deployments")
+    page.get_by_role("link", name="hello", exact=True).first.click()
+    page.wait_for_load_state("networkidle")
+    page.get_by_text("Deployment ID").first.wait_for()
+    page.locator("button", has_text="Run").first.click()
+    with page.expect_response(lambda r: r.url.endswith("/create_flow_run")) as answer:
+        page.get_by_text("Quick run", exact=True).first.click()
+    return int(answer.value.status)
+
+
+def test_browser_signs_in_and_runs_as_operator_refused_as_viewer(edge: Edge) -> None:
+    sync_playwright = _browser_or_skip()
+    cli("users", "add", "olivia", "--role", "operator", "--password-stdin", cwd=edge.root,
+        input_text="operator-password-1\n")
+    cli("users", "add", "victor", "--role", "viewer", "--password-stdin", cwd=edge.root,
+        input_text="viewer-password-12\n")
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            operator = browser.new_context(ignore_https_errors=True,
+                                           viewport={"width": 1400, "height": 900})
+            page = operator.new_page()
+            page.goto(f"{edge.base}/dashboard")
+            page.wait_for_load_state("networkidle")
+            page.screenshot(path=str(ARTIFACTS / "sign-in.png"))
+            assert _quick_run_as(edge, page, "olivia", "operator-password-1") == 201
+            page.get_by_text("scheduled to start").first.wait_for(timeout=30_000)
+            page.screenshot(path=str(ARTIFACTS / "operator-quick-run.png"))
+            page.goto(f"{edge.base}/dashboard")
+            page.wait_for_load_state("networkidle")
+            page.screenshot(path=str(ARTIFACTS / "dashboard.png"))
+
+            viewer = browser.new_context(ignore_https_errors=True,
+                                         viewport={"width": 1400, "height": 900})
+            vpage = viewer.new_page()
+            assert _quick_run_as(edge, vpage, "victor", "viewer-password-12") == 403
+            vpage.wait_for_timeout(1000)  # let the UI show its error before the screenshot
+            vpage.screenshot(path=str(ARTIFACTS / "viewer-refused.png"))
+        finally:
+            browser.close()
+    runs = [r for r in edge.audit("--user", "olivia") if r["path"].endswith("/create_flow_run")]
+    assert [r["status"] for r in runs] == [200]
+    refused = [r for r in edge.audit("--user", "victor") if r["path"].endswith("/create_flow_run")]
+    assert [r["status"] for r in refused] == [403]

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): install what the suite needs, then run it.
+# Python packages come from PyPI; the browser test drives Debian's chromium with Playwright
+# (never a downloaded browser), installed here when missing and we may use apt-get.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "note: chromium is not installed; the browser test will be skipped" >&2
+  fi
+fi
+python -m pip install -q -e ".[test]"
+exec python -m pytest "$@"
