@@ -173,8 +173,9 @@ def client_env(stack: Stack, home: str, key: str) -> dict[str, str]:
             '{"Authorization": "Bearer ' + secret(key) + '"}'
         )
         if stack.edge.internal_tls:
+            # Only Prefect's client trusts the stack's CA: SSL_CERT_FILE would replace the
+            # system trust store for the flows too, breaking their calls to public sites.
             env["PREFECT_API_SSL_CERT_FILE"] = edge_ca_file()
-            env["SSL_CERT_FILE"] = edge_ca_file()
     return env
 
 

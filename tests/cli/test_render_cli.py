@@ -60,6 +60,10 @@ def test_render_compose_writes_the_project(stack_file: Path, tmp_path: Path) -> 
         assert value not in (out / "docker-compose.yml").read_text()
     doc = yaml.safe_load((out / "docker-compose.yml").read_text())
     assert doc["services"]["api-replicas"]["deploy"] == {"replicas": 1}
+    # The edge's keys and the bootstrap admin password: generated, stored, only in .env.
+    for name in ("worker_api_key", "deployer_api_key", "admin_password"):
+        assert f"{name.upper()}={secrets[name]}" in env.splitlines()
+    assert "forward_auth auth:14180" in (out / "Caddyfile").read_text()
 
 
 def test_secrets_are_generated_once_and_seeds_kept(stack_file: Path, tmp_path: Path) -> None:
@@ -80,7 +84,11 @@ def test_image_context_copies_the_runtime_modules(stack_file: Path, tmp_path: Pa
     flows = [f"flows/{p.name}" for p in package.joinpath("flows").iterdir()
              if p.name.endswith(".py")]
     assert "flows/shell.py" in flows
-    for rel in ("__init__.py", "runtime/dbinit.py", "runtime/examples.py", *flows):
+    auth = [f"auth/{p.name}" for p in package.joinpath("auth").iterdir()
+            if p.name.endswith(".py")]
+    assert "auth/__main__.py" in auth
+    for rel in ("__init__.py", "errors.py", "runtime/dbinit.py", "runtime/examples.py",
+                "runtime/pools.py", "runtime/secrets.py", *flows, *auth):
         assert (out / "app" / "prefectstack" / rel).read_text() == (
             package.joinpath(rel).read_text())
 

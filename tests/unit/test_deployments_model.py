@@ -177,6 +177,17 @@ def test_errors_name_the_yaml_path_and_suggest_keys() -> None:
     assert exc.value.exit_code == 2
 
 
+def test_values_must_be_json() -> None:
+    with pytest.raises(StackError) as exc:
+        parse_stack("version: 1\nvariables: [{name: day, value: 2024-01-01}]\n", {})
+    assert "variables[0].value: must be plain JSON data" in exc.value.message
+    assert parse_stack("version: 1\nvariables: [{name: d, value: '2024-01-01'}]\n", {})
+    with pytest.raises(StackError) as exc:
+        parse_stack("version: 1\ndeployments: [{name: d, entrypoint: f.py:f, work_pool: p, "
+                    "parameters: {when: 2024-01-01T10:00:00}}]\n", {})
+    assert "deployments[0].parameters.when: must be plain JSON data" in exc.value.message
+
+
 def test_models_are_frozen() -> None:
     dep = deployment()
     with pytest.raises(ValidationError):

@@ -1,5 +1,6 @@
 """The compose project: valid against the compose spec, and production-shaped (health
-checks, restart policies, log rotation, private networks, no secret values in the YAML)."""
+checks, restart policies, log rotation, private networks, no secret values in the YAML),
+with the topology's edge and auth services in front of the API."""
 
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ from prefectstack.render import compose
 from prefectstack.render.common import Bundle
 from prefectstack.stack.model import CURRENT_VERSION, Stack
 
+DOMAIN = {"host": "prefect.example.com", "https_port": 443, "http_port": 80}
 STACKS: dict[str, dict[str, Any]] = {
     "default": {},
-    "three-apis": {"api": {"replicas": 3, "public_url": "https://prefect.example.com"}},
+    "three-apis": {"api": {"replicas": 3}, "edge": DOMAIN},
+    "no-edge": {"edge": {"enabled": False}},
     "external-postgres": {
         "postgres": {"mode": "external",
                      "url": "postgresql://prefect:hunter2-db@db.internal:5432/prefect"},
@@ -31,7 +34,8 @@ STACKS: dict[str, dict[str, Any]] = {
     },
 }
 REDIS_KEYS = set(topology.redis_env(Stack(version=CURRENT_VERSION)))
-ONE_SHOTS = {"db-init", "migrate", "examples"}
+ONE_SHOTS = {"db-init", "migrate", "pools", "examples"}
+CLIENTS = ("pools", "worker-1", "examples")
 
 
 def tool(name: str) -> str:
@@ -68,6 +72,8 @@ def test_compose_spec_validates(tmp_path: Path, rendered: tuple[Stack, Bundle, A
 
 
 def test_caddyfile_parses(tmp_path: Path, rendered: tuple[Stack, Bundle, Any]) -> None:
+    if not rendered[0].edge.enabled:
+        pytest.skip("no edge, no Caddyfile")
     file = tmp_path / "Caddyfile"
     file.write_text(rendered[1].files["Caddyfile"])
     result = subprocess.run(
@@ -82,24 +88,100 @@ def test_rendering_is_deterministic() -> None:
 
 
 def test_only_the_edge_and_admin_tools_publish_ports(rendered: tuple[Stack, Bundle, Any]) -> None:
-    services = rendered[2]["services"]
+    stack, _, doc = rendered
+    services = doc["services"]
     publishing = {name for name, svc in services.items() if svc.get("ports")}
-    assert publishing == {"caddy", "pgadmin", "redis-ui"}
+    front = "edge" if stack.edge.enabled else "api"
+    assert publishing == {front, "pgadmin", "redis-ui"}
     for name in ("pgadmin", "redis-ui"):
         assert services[name]["profiles"] == ["admin"]
         assert all(p.startswith("127.0.0.1:") for p in services[name]["ports"])
+    if not stack.edge.enabled:  # the API alone, as locally: on loopback only
+        assert services["api"]["ports"] == ["127.0.0.1:14200:4200"]
 
 
 def test_database_and_redis_stay_on_the_backend_network(
     rendered: tuple[Stack, Bundle, Any],
 ) -> None:
     doc = rendered[2]
-    for name in ("postgres", "redis"):
+    for name in ("postgres", "redis", "api", "services", "auth"):
         if name in doc["services"]:
-            assert doc["services"][name]["networks"] == ["backend"]
-            assert "ports" not in doc["services"][name]
+            assert doc["services"][name]["networks"] == ["backend"], name
+            assert "ports" not in doc["services"][name] or name == "api"
     local = "postgres" in doc["services"] and "redis" in doc["services"]
     assert doc["networks"]["backend"].get("internal", False) is local
+
+
+def test_clients_reach_the_api_only_through_the_edge(
+    rendered: tuple[Stack, Bundle, Any],
+) -> None:
+    """Workers, pools and examples use the edge's internal plain-HTTP listener with their own
+    keys, and have no route to the database, Redis, the API or auth."""
+    stack, _, doc = rendered
+    services = doc["services"]
+    if not stack.edge.enabled:
+        assert services["worker-1"]["environment"]["PREFECT_API_URL"] == "http://api:4200/api"
+        assert "backend" in services["worker-1"]["networks"]
+        return
+    assert services["edge"]["networks"] == ["frontend", "backend"]
+    keys = {"pools": "DEPLOYER_API_KEY", "worker-1": "WORKER_API_KEY",
+            "examples": "DEPLOYER_API_KEY"}
+    for name in CLIENTS:
+        env = services[name]["environment"]
+        assert services[name]["networks"] == ["frontend"], name
+        assert env["PREFECT_API_URL"] == "http://edge:8080/api", name
+        assert env["PREFECT_API_KEY"] == "${" + keys[name] + ":?missing from .env}", name
+        # Plain HTTP inside: no CA file to point at (it would not exist in the container).
+        assert "PREFECT_API_SSL_CERT_FILE" not in env and "SSL_CERT_FILE" not in env, name
+        assert services[name]["depends_on"]["edge"]["condition"] == "service_healthy"
+
+
+def test_edge_runs_the_topologys_caddyfile_with_container_addresses(
+    rendered: tuple[Stack, Bundle, Any],
+) -> None:
+    """The same `edge_caddyfile` as the local edge: the topology's file with upstreams, auth,
+    storage and the flows directory translated, plus the internal listener."""
+    stack, bundle, doc = rendered
+    if not stack.edge.enabled:
+        assert "edge" not in doc["services"] and "Caddyfile" not in bundle.files
+        return
+    local = next(s for s in topology.build(stack) if s.name == "edge").files["edge/Caddyfile"]
+    apis = " ".join(f"127.0.0.1:{p}" for p in topology.api_ports(stack))
+    upstreams = "api:4200" if stack.api.replicas == 1 else "api:4200 api-replicas:4200"
+    translated = (local.replace(apis, upstreams)
+                  .replace(f"127.0.0.1:{stack.auth.port}", f"auth:{stack.auth.port}")
+                  .replace("${dir.edge}", "/var/lib/caddy")
+                  .replace("${path.flows}", "/srv/flows"))
+    caddyfile = bundle.files["Caddyfile"]
+    assert caddyfile.startswith(translated)
+    assert caddyfile[len(translated):].lstrip().splitlines()[1] == "http://:8080 {"
+    edge = doc["services"]["edge"]
+    assert edge["image"].startswith("caddy:2.")
+    assert edge["command"] == ["caddy", "run", "--config", "/etc/caddy/Caddyfile",
+                               "--adapter", "caddyfile"]
+    assert edge["volumes"] == ["./Caddyfile:/etc/caddy/Caddyfile:ro", "edge:/var/lib/caddy",
+                               "./flows:/srv/flows:ro"]
+    assert edge["cap_drop"] == ["ALL"] and edge["cap_add"] == ["NET_BIND_SERVICE"]
+    assert set(edge["depends_on"]) == {"auth", "api"}
+
+
+def test_auth_runs_from_the_app_image_with_its_own_volume(
+    rendered: tuple[Stack, Bundle, Any],
+) -> None:
+    stack, _, doc = rendered
+    if not stack.edge.enabled:
+        assert "auth" not in doc["services"]
+        return
+    auth = doc["services"]["auth"]
+    assert auth["image"] == "prefectstack-prefect:3.8.8"
+    assert auth["command"] == ["python", "-m", "prefectstack.auth", "--host", "0.0.0.0",
+                               "--port", str(stack.auth.port)]
+    assert auth["volumes"] == ["auth:/var/lib/prefectstack/auth"]
+    env = auth["environment"]
+    assert env["PREFECTSTACK_ADMIN_PASSWORD"] == "${ADMIN_PASSWORD:?missing from .env}"
+    assert "${WORKER_API_KEY:?missing from .env}" in env["PREFECTSTACK_SERVICE_KEYS"]
+    assert env["PREFECTSTACK_PUBLIC_URL"] == topology.public_url(stack)
+    assert "/auth/login" in auth["healthcheck"]["test"][-1]
 
 
 def test_long_running_services_are_production_shaped(
@@ -142,9 +224,10 @@ def test_api_replicas_scale_with_deploy_replicas() -> None:
     assert services["api-replicas"]["deploy"] == {"replicas": 2}
     assert services["api-replicas"]["depends_on"]["api"]["condition"] == "service_healthy"
     caddyfile = render("three-apis")[1].files["Caddyfile"]
-    assert "reverse_proxy api:4200 api-replicas:4200" in caddyfile
+    assert "reverse_proxy api:4200 api-replicas:4200 {" in caddyfile
     assert "health_uri /api/health" in caddyfile
-    assert "prefect.example.com {" in caddyfile
+    assert "\nprefect.example.com {\n" in caddyfile
+    assert "tls internal" not in caddyfile  # a domain name: ACME
 
 
 def test_redis_settings_are_all_or_nothing(rendered: tuple[Stack, Bundle, Any]) -> None:
@@ -211,6 +294,11 @@ def test_dockerfile_builds_on_the_pinned_prefect_image() -> None:
     assert set(bundle.seeds) == {"requirements.txt", "flows/README.md"}
     assert bundle.copies["app/prefectstack/runtime/dbinit.py"] == "runtime/dbinit.py"
     assert bundle.copies["app/prefectstack/flows/"] == "flows/"
+    # The auth service and the pools one-shot run from the same image.
+    assert bundle.copies["app/prefectstack/auth/"] == "auth/"
+    assert bundle.copies["app/prefectstack/runtime/pools.py"] == "runtime/pools.py"
+    assert '"argon2-cffi==25.1.0"' in dockerfile
+    assert "install -d -m 0700 -o 10001 -g 10001 /var/lib/prefectstack/auth" in dockerfile
 
 
 def test_worker_names_may_not_clash_with_added_services() -> None:
@@ -220,13 +308,45 @@ def test_worker_names_may_not_clash_with_added_services() -> None:
         compose.render(stack, fake_secrets(stack))
 
 
-def test_https_edge_publishes_80_and_443() -> None:
-    caddy = render("three-apis")[2]["services"]["caddy"]
-    assert caddy["ports"] == ["80:80", "443:443"]
-    assert render("default")[2]["services"]["caddy"]["ports"] == ["127.0.0.1:4200:80"]
+def test_edge_publishes_https_and_http_ports() -> None:
+    edge = render("three-apis")[2]["services"]["edge"]
+    assert edge["ports"] == ["443:443", "443:443/udp", "80:80"]
+    edge = render("default")[2]["services"]["edge"]
+    # localhost: its certificate is for this machine only, so is the listener.
+    assert edge["ports"] == ["127.0.0.1:4200:4200", "127.0.0.1:4200:4200/udp",
+                             "127.0.0.1:4280:4280"]
+    assert edge["healthcheck"]["test"] == [
+        "CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/api/health"]
+
+
+def test_the_edges_secrets_live_in_env() -> None:
+    stack, bundle, _ = render("default")
+    assert {"worker_api_key", "deployer_api_key", "admin_password"} <= compose.secret_names(stack)
+    env = bundle.files[".env"]
+    for var in ("WORKER_API_KEY", "DEPLOYER_API_KEY", "ADMIN_PASSWORD"):
+        assert f"{var}=fake-{var.lower()}-s3cr3t" in env.splitlines()
+
+
+def test_readme_explains_how_clients_reach_the_edge() -> None:
+    readme = render("default")[1].files["README.md"]
+    assert "http://edge:8080" in readme and "no CA certificate" in readme
+    assert "root.crt" in readme  # how to trust the internal CA from outside
+    assert "root.crt" not in render("three-apis")[1].files["README.md"]
 
 
 def test_env_file_holds_only_the_secrets_the_project_uses() -> None:
     stack = Stack(version=CURRENT_VERSION)
     bundle = compose.render(stack, {**fake_secrets(stack), "auth_signing_key": "unrelated"})
     assert "unrelated" not in bundle.files[".env"]
+
+
+def test_readme_key_command_creates_a_key(tmp_path: Path) -> None:
+    """The README's way to add an API key runs against the auth service's store."""
+    readme = render("default")[1].files["README.md"]
+    command = readme[readme.index("docker compose exec auth python -c"):]
+    code = command[command.index('"') + 1:command.index('"\n')].replace("\\\n", "")
+    code = code.replace("/var/lib/prefectstack/auth", str(tmp_path))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("pfs_")

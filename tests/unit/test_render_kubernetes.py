@@ -1,5 +1,6 @@
 """Kubernetes manifests: valid against the API schema (offline), secrets only in
-secret.yaml, probes, non-root pods, and the migration Job the API waits for."""
+secret.yaml, probes, non-root pods, the migration Job the API waits for, and the edge (Caddy
+behind the Ingress) with the auth service checking every request."""
 
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ from prefectstack.stack.model import CURRENT_VERSION, Stack
 K8S_VERSION = "1.33.0"
 STACKS: dict[str, dict[str, Any]] = {
     "default": {},
-    "three-apis": {"api": {"replicas": 3, "public_url": "https://prefect.example.com"}},
+    "three-apis": {"api": {"replicas": 3},
+                   "edge": {"host": "prefect.example.com", "https_port": 443, "http_port": 80}},
+    "no-edge": {"edge": {"enabled": False}},
     "external-postgres": {
         "postgres": {"mode": "external",
                      "url": "postgresql://prefect:hunter2-db@db.internal:5432/prefect"},
@@ -110,7 +113,13 @@ def test_every_pod_runs_non_root_with_resources(rendered: tuple[Stack, Bundle]) 
         assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
         for container in [*spec.get("initContainers", []), *spec["containers"]]:
             assert container["securityContext"]["allowPrivilegeEscalation"] is False
-            assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+            capabilities = container["securityContext"]["capabilities"]
+            if container["name"] == "edge":
+                # The only one Pod Security `restricted` allows back: Caddy's binary carries
+                # it as a file capability, and exec fails without it in the bounding set.
+                assert capabilities == {"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]}
+            else:
+                assert capabilities == {"drop": ["ALL"]}
             assert {"requests", "limits"} <= set(container["resources"])
 
 
@@ -136,6 +145,82 @@ def test_api_replicas_share_the_service_and_a_disruption_budget() -> None:
     ingress = find(bundle, "Ingress", "prefectstack")
     assert ingress["spec"]["rules"][0]["host"] == "prefect.example.com"
     assert ingress["spec"]["tls"][0]["hosts"] == ["prefect.example.com"]
+
+
+def test_ingress_terminates_tls_in_front_of_the_edge() -> None:
+    _, bundle = render("three-apis")
+    ingress = find(bundle, "Ingress", "prefectstack")
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": "edge", "port": {"name": "main"}}
+    _, no_edge = render("no-edge")
+    backend = find(no_edge, "Ingress", "prefectstack")["spec"]["rules"][0]["http"]["paths"][0]
+    assert backend["backend"]["service"]["name"] == "api"
+    assert not [o for o in objects(no_edge) if o["metadata"]["name"] in ("edge", "auth")]
+
+
+def test_edge_is_a_stateless_caddy_deployment_with_the_caddyfile_in_a_config_map(
+    tmp_path: Path,
+) -> None:
+    _, bundle = render("three-apis")
+    edge = find(bundle, "Deployment", "edge")
+    spec = pod(edge)
+    main = spec["containers"][0]
+    assert main["image"].startswith("caddy:2.")
+    assert main["args"] == ["caddy", "run", "--config", "/etc/caddy/Caddyfile",
+                            "--adapter", "caddyfile"]
+    assert main["ports"] == [{"name": "main", "containerPort": 8080}]
+    assert main["readinessProbe"]["httpGet"] == {"path": "/api/health", "port": 8080}
+    assert main["livenessProbe"]["tcpSocket"] == {"port": "main"}  # not through to the API
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["caddyfile"]["configMap"]["name"] == "edge-caddyfile"
+    assert "emptyDir" in volumes["edge"] and "emptyDir" in volumes["flows"]
+    inits = [c["name"] for c in spec["initContainers"]]
+    assert inits == ["wait-for-auth", "wait-for-api", "copy-flows"]
+    service = find(bundle, "Service", "edge")
+    assert service["spec"]["ports"][0]["port"] == 8080 and "clusterIP" not in service["spec"]
+    caddyfile = find(bundle, "ConfigMap", "edge-caddyfile")["data"]["Caddyfile"]
+    assert "http://:8080 {" in caddyfile
+    assert "tls internal" not in caddyfile and "redir https" not in caddyfile
+    assert "reverse_proxy api:4200 {" in caddyfile
+    assert "forward_auth auth:14180 {" in caddyfile
+    assert "trusted_proxies static private_ranges" in caddyfile
+    assert "header_up X-Forwarded-For {client_ip}" in caddyfile
+    file = tmp_path / "Caddyfile"
+    file.write_text(caddyfile)
+    result = subprocess.run(
+        [tool("caddy"), "adapt", "--config", str(file), "--adapter", "caddyfile"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_auth_keeps_its_store_on_a_volume_claim() -> None:
+    _, bundle = render("default")
+    auth = find(bundle, "StatefulSet", "auth")
+    assert auth["spec"]["replicas"] == 1
+    assert auth["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "auth"
+    main = pod(auth)["containers"][0]
+    assert {"name": "auth", "mountPath": "/var/lib/prefectstack/auth"} in main["volumeMounts"]
+    assert main["readinessProbe"]["httpGet"]["path"] == "/auth/login"
+    env = {e["name"]: e for e in main["env"]}
+    assert env["PREFECTSTACK_ADMIN_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == (
+        "admin_password")
+    assert "$(SECRET_WORKER_API_KEY)" in env["PREFECTSTACK_SERVICE_KEYS"]["value"]
+    assert find(bundle, "Service", "auth")["spec"]["ports"][0]["port"] == 14180
+
+
+def test_clients_go_through_the_edge_and_workers_wait_for_the_pools_job() -> None:
+    _, bundle = render("default")
+    pools = find(bundle, "Job", "pools-")
+    worker = find(bundle, "Deployment", "worker-1")
+    waits = [c["command"][2:] for c in pod(worker)["initContainers"]]
+    assert waits == [["http", "http://edge:8080/api/health"],
+                     ["job", pools["metadata"]["name"]]]
+    env = find(bundle, "ConfigMap", "worker-1-env")["data"]
+    assert env["PREFECT_API_URL"] == "http://edge:8080/api"
+    assert "PREFECT_API_SSL_CERT_FILE" not in env and "SSL_CERT_FILE" not in env
+    key = next(e for e in pod(worker)["containers"][0]["env"] if e["name"] == "PREFECT_API_KEY")
+    assert key["valueFrom"]["secretKeyRef"]["key"] == "worker_api_key"
 
 
 def test_postgres_is_a_stateful_set_unless_external() -> None:
@@ -176,3 +261,15 @@ def test_wait_script_waits_for_a_tcp_port() -> None:
         )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("ready: tcp")
+
+
+def test_clients_of_the_edge_cannot_reach_the_backend_directly() -> None:
+    _, bundle = render("default")
+    policy = find(bundle, "NetworkPolicy", "prefectstack-backend")["spec"]
+    guarded = policy["podSelector"]["matchExpressions"][0]["values"]
+    allowed = policy["ingress"][0]["from"][0]["podSelector"]["matchExpressions"][0]["values"]
+    assert guarded == ["api", "auth", "postgres", "redis"]
+    assert "edge" in allowed and "migrate" in allowed and "services" in allowed
+    assert not {"worker", "pools", "examples"} & set(allowed)
+    _, no_edge = render("no-edge")
+    assert not [o for o in objects(no_edge) if o["kind"] == "NetworkPolicy"]

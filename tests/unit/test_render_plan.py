@@ -1,5 +1,6 @@
 """The container targets run the local backend's topology: same services, same programs,
-same dependencies and the same environment, modulo addresses and data directories."""
+same dependencies and the same environment, modulo addresses and data directories (and,
+for clients of the edge, the edge's internal plain-HTTP listener instead of its HTTPS one)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ STACKS: dict[str, dict[str, Any]] = {
         "services": {"enabled": False},
         "workers": [{"name": "w1", "pool": "p1"}, {"name": "w2", "pool": "p2", "limit": 2}],
     },
+    "no-edge": {"edge": {"enabled": False}},
+    "ip-edge": {"edge": {"host": "127.0.0.1", "https_port": 8443, "http_port": 8080}},
 }
 ADDRESS = re.compile(r"(127\.0\.0\.1|0\.0\.0\.0|[a-z][a-z0-9-]*):\d+")
 
@@ -35,11 +38,19 @@ def stack(name: str) -> Stack:
 
 
 def normalize(value: str) -> str:
-    """Erase what legitimately differs between targets: addresses, ports, data dirs."""
+    """Erase what legitimately differs between targets: addresses, ports, data dirs, and the
+    scheme of the edge (HTTPS outside, plain HTTP on the private network)."""
+    value = re.sub(r"^https?://", "SCHEME://", value)
     value = ADDRESS.sub("HOST:PORT", value)
-    value = re.sub(r"\$\{dir\.[^}]+\}|/var/lib/prefect|/var/lib/postgresql/data|/data", "DIR",
-                   value)
+    value = re.sub(r"\$\{dir\.[^}]+\}|/var/lib/prefectstack/auth|/var/lib/prefect|/var/lib/caddy"
+                   r"|/var/lib/postgresql/data|/data", "DIR", value)
     return re.sub(r"^(127\.0\.0\.1|0\.0\.0\.0)$|^\d{4,5}$", "BIND", value)
+
+
+def client_env(svc: Service) -> dict[str, str]:
+    """The topology's environment as a container client of the edge has it: without the CA
+    file of the edge's HTTPS listener, which it does not use."""
+    return {k: v for k, v in svc.env.items() if v != topology.edge_ca_file()}
 
 
 def resolved(value: str, external: dict[str, str]) -> str:
@@ -71,8 +82,9 @@ def test_programs_dependencies_and_environment_agree(case: tuple[list[Service], 
         assert c.kind == svc.kind
         assert c.command[0] == svc.argv[0], "the same logical program"
         assert c.depends_on == tuple(dict.fromkeys(names[d] for d in svc.depends_on))
-        assert set(c.env) == set(svc.env), svc.name
-        for key, value in svc.env.items():
+        env = client_env(svc)
+        assert set(c.env) == set(env), svc.name
+        for key, value in env.items():
             assert normalize(resolved(c.env[key], the_plan.external)) == normalize(value), key
 
 
@@ -104,10 +116,45 @@ def test_addresses_become_container_names_but_the_public_url_stays() -> None:
     assert api is not None and worker is not None
     assert "@postgres:5432/" in api.env["PREFECT_SERVER_DATABASE_CONNECTION_URL"]
     assert api.env["PREFECT_SERVER_DOCKET_URL"].endswith("@redis:6379/1")
-    assert api.env["PREFECT_SERVER_UI_API_URL"] == "http://127.0.0.1:4200/api"
-    assert worker.env["PREFECT_API_URL"] == "http://api:4200/api"
+    assert api.env["PREFECT_SERVER_UI_API_URL"] == "https://localhost:4200/api"
+    assert worker.env["PREFECT_API_URL"] == "http://edge:8080/api"
     assert worker.env["PREFECT_WORKER_WEBSERVER_HOST"] == "0.0.0.0"
     assert "127.0.0.1" not in " ".join(api.command)
+    worker = plan.build(stack("no-edge")).get("worker-1")
+    assert worker is not None and worker.env["PREFECT_API_URL"] == "http://api:4200/api"
+
+
+def test_a_public_address_on_loopback_stays_public() -> None:
+    """With `edge.host: 127.0.0.1` the public URL looks like a local address: browsers and
+    the auth service keep it; clients still use the internal listener (which moves off the
+    edge's own ports)."""
+    the_plan = plan.build(stack("ip-edge"))
+    api, auth, worker = (the_plan.get(n) for n in ("api", "auth", "worker-1"))
+    assert api is not None and auth is not None and worker is not None
+    assert api.env["PREFECT_SERVER_UI_API_URL"] == "https://127.0.0.1:8443/api"
+    assert auth.env["PREFECTSTACK_PUBLIC_URL"] == "https://127.0.0.1:8443"
+    assert worker.env["PREFECT_API_URL"] == "http://edge:8081/api"
+    assert the_plan.edge is not None and the_plan.edge.internal_port == 8081
+    assert "default_sni 127.0.0.1" in the_plan.edge.caddyfile()
+
+
+def test_edge_and_auth_containers() -> None:
+    the_plan = plan.build(stack("three-apis"))
+    edge, auth = the_plan.get("edge"), the_plan.get("auth")
+    assert edge is not None and auth is not None and the_plan.edge is not None
+    assert (edge.image, edge.role, edge.port) == ("caddy", "edge", 8080)
+    assert edge.command == ("caddy", "run", "--config", "/etc/caddy/Caddyfile",
+                            "--adapter", "caddyfile")
+    assert edge.env["XDG_DATA_HOME"] == "/var/lib/caddy/data"
+    assert edge.probe == topology.Probe("http", port=8080, path="/api/health")
+    assert edge.depends_on == ("auth", "api")
+    assert the_plan.edge.upstreams == ("api:4200", "api-replicas:4200")
+    assert the_plan.edge.auth == "auth:14180"
+    assert (auth.image, auth.role, auth.port) == ("prefect", "auth", 14180)
+    assert auth.volumes == {"auth": "/var/lib/prefectstack/auth"}
+    assert auth.env["PREFECTSTACK_AUTH_DIR"] == "/var/lib/prefectstack/auth"
+    assert plan.probe_command(edge.probe, edge.image) == [
+        "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/api/health"]
 
 
 def test_literal_credentials_from_the_stack_file_become_secrets() -> None:
@@ -140,7 +187,7 @@ def test_compose_services_carry_the_topology_environment(name: str) -> None:
     doc = compose.project(the_stack, plan.build(the_stack))
     for svc in services:
         rendered = doc["services"][names[svc.name]]
-        assert set(svc.env) <= set(rendered.get("environment", {}))
+        assert set(client_env(svc)) <= set(rendered.get("environment", {}))
         assert set(rendered.get("depends_on", {})) == {names[d] for d in svc.depends_on}
 
 
@@ -152,7 +199,8 @@ def test_a_service_of_another_role_keeps_its_port(monkeypatch: pytest.MonkeyPatc
     def build(the_stack: Stack) -> list[Service]:
         exporter = Service(name="exporter", kind="daemon",
                            argv=("python", "-m", "exporter", "--port", "9394"),
-                           env={"API": "http://127.0.0.1:4200/api"}, ports=(9394,),
+                           env={"API": f"http://127.0.0.1:{the_stack.api.port}/api"},
+                           ports=(9394,),
                            depends_on=("api-1",),
                            probe=topology.Probe("http", port=9394, path="/metrics"))
         return [*real(the_stack), exporter]

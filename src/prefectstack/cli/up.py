@@ -28,7 +28,8 @@ def summary(loaded: LoadedStack, detached: bool) -> None:
     console.out(f"  stack file:   {loaded.source}")
     console.out(f"  data:         {root / 'data'}")
     console.out(f"  logs:         {root / 'logs'}   (prefectstack logs [SERVICE] -f)")
-    console.out(f"  secrets:      {root / 'secrets.json'} (0600; never printed, but for the first admin password)")
+    console.out(f"  secrets:      {root / 'secrets.json'} (0600; never printed but once: the")
+    console.out("                first admin password)")
     console.out("  status:       prefectstack status")
     if detached:
         console.out("  stop:         prefectstack down")

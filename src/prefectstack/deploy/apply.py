@@ -127,7 +127,8 @@ async def _write(api: PrefectApi, change: Change, obj: Obj, have: Obj | None) ->
         await _write_pool(api, change, obj, have)
     elif obj.kind == "work_queue":
         pool, _, name = obj.name.partition("/")
-        body = {"description": f["description"], "is_paused": f["paused"],
+        # A queue's description column is NOT NULL: "" is how "none" is stored.
+        body = {"description": f["description"] or "", "is_paused": f["paused"],
                 "concurrency_limit": f["concurrency_limit"]}
         if f["priority"] is not None:
             body["priority"] = f["priority"]
@@ -254,7 +255,8 @@ def _apply(loaded: LoadedStack) -> None:
             hint="fix the stack file, then run: prefectstack deploy apply",
         ) from None
     n = outcome.plan.counts()
-    console.event(f"deployments applied: {n['create']} created, {n['update']} updated")
+    console.event(f"deployments applied: {n['create']} created, {n['update']} updated"
+                  if outcome.plan.has_changes else "deployments: no changes")
     for warning in outcome.plan.warnings:
         console.warn(warning)
     if outcome.plan.orphans:

@@ -134,7 +134,7 @@ class _Builder:
             exact = origin == "installed"
             out.append(Obj("work_pool", pool.name, {
                 "type": pool.type,
-                "description": pool.description,
+                "description": pool.description or None,
                 "concurrency_limit": pool.concurrency_limit,
                 "paused": pool.paused,
                 "base_job_template": job_variable_defaults(template) if exact else overrides,
@@ -143,7 +143,7 @@ class _Builder:
             out += [
                 Obj("work_queue", f"{pool.name}/{q.name}", {
                     "priority": q.priority, "concurrency_limit": q.concurrency_limit,
-                    "description": q.description, "paused": q.paused,
+                    "description": q.description or None, "paused": q.paused,
                 }, loose=frozenset({"priority"}))
                 for q in pool.queues
             ]
@@ -212,7 +212,7 @@ class _Builder:
             "schedules": schedules,
             "parameters": dep.parameters,
             "tags": sorted({*dep.tags, MANAGED_TAG}),
-            "description": dep.description,
+            "description": dep.description or None,
             "version": dep.version,
             "concurrency_limit": limit,
             "collision_strategy": dep.collision_strategy if limit else None,

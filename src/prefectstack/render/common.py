@@ -17,7 +17,8 @@ import yaml
 PREFECT_VERSION = "3.8.8"
 PYTHON_VERSION = "3.11"
 PREFECT_BASE_IMAGE = f"prefecthq/prefect:{PREFECT_VERSION}-python{PYTHON_VERSION}"
-IMAGE_PINS = ("prefect==3.8.8", "fastapi==0.139.2", "prefect-redis==0.3.0")
+IMAGE_PINS = ("prefect==3.8.8", "fastapi==0.139.2", "prefect-redis==0.3.0",
+              "argon2-cffi==25.1.0")
 POSTGRES_IMAGE = "postgres:17-alpine"
 REDIS_IMAGE = "redis:7.4-alpine"
 CADDY_IMAGE = "caddy:2.11-alpine"
@@ -28,6 +29,7 @@ REDIS_UI_IMAGE = "redis/redisinsight:2.70.0"
 APP_UID = 10001
 APP_DIR = "/opt/prefectstack"
 HOME_DIR = "/var/lib/prefect"
+AUTH_DIR = "/var/lib/prefectstack/auth"  # the auth service's users, keys and audit log
 
 _SECRET = re.compile(r"\$\{secret\.([A-Za-z0-9_]+)\}")
 

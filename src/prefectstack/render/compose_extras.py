@@ -7,8 +7,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from prefectstack.render.common import POSTGRES_IMAGE, env_name, replace_secrets
-from prefectstack.render.plan import Plan
+from prefectstack.render.common import AUTH_DIR, POSTGRES_IMAGE, env_name, replace_secrets
+from prefectstack.render.plan import EDGE_DIR, Edge, Plan
 
 
 def interpolate(text: str) -> str:
@@ -102,6 +102,17 @@ def readme(name: str, url: str, the_plan: Plan) -> str:
     else:
         data = "The database is external (back it up where it runs too). "
         restore = "    pg_restore --clean --if-exists -d <database URL> prefect-<stamp>.dump"
+    if the_plan.edge is not None:
+        front = _edge_readme(url, the_plan.edge)
+        edge_data = ("\nusers, API keys and the audit log in `auth`, Caddy's certificates and "
+                     "CA in `edge`,\n")
+    else:
+        front = f"""\
+The stack has no edge (`edge.enabled: false`): open {url}
+(the API is at `/api`). The API container publishes it on loopback only, without users or
+keys.
+"""
+        edge_data = ""
     return f"""\
 # {name}: Docker Compose project
 
@@ -114,10 +125,11 @@ are never overwritten.
     docker compose up -d --build          # or: prefectstack up --backend compose
     docker compose ps                      # every long-running service reports its health
 
-The UI and API are at {url} (API at `/api`), served by Caddy, the only service that
-publishes a port. `depends_on` enforces the start order: db-init (role, database, pg_trgm)
--> migrate -> API -> background services and workers.
+`depends_on` enforces the start order: db-init (role, database, pg_trgm) -> migrate -> API ->
+background services, auth and the edge -> pools (creates the work pools) -> workers and
+examples.
 
+{front}
 Admin tools (pgAdmin on 127.0.0.1:5050, RedisInsight on 127.0.0.1:5540) start only with
 
     docker compose --profile admin up -d
@@ -126,13 +138,13 @@ pgAdmin's login is admin@example.com with `PGADMIN_PASSWORD` from `.env`.
 
 ## Secrets
 
-`.env` (mode 0600) holds every password; docker-compose.yml only refers to them as
+`.env` (mode 0600) holds every password and key; docker-compose.yml only refers to them as
 `${{VAR}}`. Generated values come from the stack's secret store (`<state dir>/secrets.json`),
 the same one the local backend uses: generated once, never regenerated. Do not commit `.env`.
 
 ## Data
 
-{data}Redis data in `redis`, TLS certificates in `caddy-data`, backups in `backups`.
+{data}Redis data in `redis`,{edge_data or " "}backups in `backups`.
 `docker compose down` keeps volumes; `docker compose down --volumes` deletes them.
 
 ## Backups
@@ -142,4 +154,48 @@ day and keeps 7 days; it turns unhealthy when the newest dump is too old. To res
 
     docker compose cp backup:/backups/prefect-<stamp>.dump .
 {restore}
+"""
+
+
+def _edge_readme(url: str, edge: Edge) -> str:
+    config = edge.stack.edge
+    if config.internal_tls:
+        tls = f"""\
+The certificate comes from the stack's own CA (`tls internal`, kept in the `edge` volume).
+Trust it in browsers and Prefect clients outside the project:
+
+    docker compose cp edge:{EDGE_DIR}/data/pki/authorities/local/root.crt ca.crt
+    export PREFECT_API_SSL_CERT_FILE=$PWD/ca.crt
+"""
+    else:
+        tls = f"""\
+Caddy gets an ACME (Let's Encrypt) certificate for {config.host}: its DNS name must point at
+this machine and ports {config.http_port} and {config.https_port} must be reachable.
+"""
+    return f"""\
+## The edge
+
+Open {url} (the API is at `/api`).
+
+The `edge` service serves it: Caddy with the `Caddyfile` here, rendered by the same code as
+the local edge. HTTPS, HTTP redirected to HTTPS, websockets, load balancing over the API
+containers, and every request checked by the `auth` service (`forward_auth`). It is the only
+service that publishes ports. Sign in as `admin` with `ADMIN_PASSWORD` from `.env`.
+
+{tls}
+More API keys (for CI, say) come from the auth service's store, in its container (the key
+is printed once):
+
+    docker compose exec auth python -c "from pathlib import Path; \\
+      from prefectstack.auth.roles import Role; from prefectstack.auth.store import Store; \\
+      print(Store(Path('{AUTH_DIR}')).create_key('ci', Role('developer')))"
+
+Inside the project, the workers, `pools` and `examples` reach the API through the edge at
+{edge.internal_url} on the `frontend` network: the same routes and the same auth, each with
+its own key (`WORKER_API_KEY` with the `worker` role, `DEPLOYER_API_KEY` with `developer`),
+but plain HTTP, so no CA certificate has to reach them (the CA's private key stays in the
+`edge` volume). That listener is not published. The clients have no route to the `backend`
+network: flow code cannot reach the database, Redis, the API or auth directly.
+
+`/flow-files/` serves `flows/` (read-only) to signed-in users.
 """

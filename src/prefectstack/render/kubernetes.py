@@ -12,6 +12,7 @@ from typing import Any
 
 from prefectstack import topology
 from prefectstack.render import caddy, plan
+from prefectstack.render import kubernetes_edge as edge_pods
 from prefectstack.render import kubernetes_pods as pods
 from prefectstack.render.common import (
     PREFECT_VERSION,
@@ -103,6 +104,8 @@ def render(stack: Stack, secrets: Mapping[str, str], *, image: str | None = None
     docs["configmaps.yaml"] = _configmaps(ctx)
     docs["rbac.yaml"] = _rbac(ctx)
     docs["ingress.yaml"] = [_ingress(ctx, topology.public_url(stack))]
+    if the_plan.edge is not None:
+        docs["networkpolicy.yaml"] = [edge_pods.network_policy(ctx, the_plan.edge)]
     order = ["namespace.yaml", "secret.yaml", "configmaps.yaml", "rbac.yaml",
              *[name for name in docs if name not in _FIXED], "ingress.yaml"]
     files = {name: HEADER + dump_yaml_all(docs[name]) for name in order}
@@ -124,9 +127,7 @@ def _file_for(c: Container) -> str:
 def _workloads(ctx: Context) -> dict[str, list[dict[str, Any]]]:
     docs: dict[str, list[dict[str, Any]]] = {}
     containers = ctx.plan.containers
-    # A one-shot that only prepares another one-shot runs inside that one's Job.
-    folded = {d: c for c in containers if c.kind == "oneshot" for d in c.depends_on
-              if ctx.by_name.get(d) is not None and ctx.by_name[d].kind == "oneshot"}
+    folded = _folded(containers)
     for c in containers:  # Jobs first: the workloads that wait for them need their names
         if c.kind == "oneshot" and c.name not in folded:
             init = [ctx.by_name[d] for d in c.depends_on if d in folded]
@@ -135,6 +136,9 @@ def _workloads(ctx: Context) -> dict[str, list[dict[str, Any]]]:
         if c.kind != "daemon":
             continue
         objects = docs.setdefault(_file_for(c), [])
+        if c.role == "edge":
+            objects += edge_pods.objects(ctx, c)
+            continue
         objects.append(pods.workload(ctx, c))
         if c.port and not c.scalable and c.role != "worker":
             objects.append(pods.service(ctx, c, ctx.selector(c), c.name))
@@ -143,6 +147,20 @@ def _workloads(ctx: Context) -> dict[str, list[dict[str, Any]]]:
     docs["api.yaml"] += [pods.service(ctx, apis[0], selector, "api"),
                          pods.api_budget(ctx, sum(c.replicas for c in apis))]
     return docs
+
+
+def _folded(containers: list[Container]) -> set[str]:
+    """One-shots that only prepare one other one-shot (db-init for migrate): they run as
+    init containers inside that one's Job. A one-shot others wait for too (pools, which
+    the workers wait for) keeps a Job of its own."""
+    dependents: dict[str, list[Container]] = {}
+    for c in containers:
+        for d in c.depends_on:
+            dependents.setdefault(d, []).append(c)
+    by_name = {c.name: c for c in containers}
+    return {name for name, users in dependents.items()
+            if name in by_name and by_name[name].kind == "oneshot"
+            and len(users) == 1 and users[0].kind == "oneshot"}
 
 
 def _namespace(ctx: Context) -> dict[str, Any]:
@@ -169,6 +187,8 @@ def _configmaps(ctx: Context) -> list[dict[str, Any]]:
         if env:
             out.append({"apiVersion": "v1", "kind": "ConfigMap",
                         "metadata": ctx.meta(f"{c.name}-env"), "data": env})
+    if ctx.plan.edge is not None:
+        out.append(edge_pods.config_map(ctx, ctx.plan.edge))
     return out
 
 
@@ -188,11 +208,14 @@ def _rbac(ctx: Context) -> list[dict[str, Any]]:
 
 
 def _ingress(ctx: Context, public_url: str) -> dict[str, Any]:
+    """TLS terminates here; the edge behind it checks every request (the API directly only
+    when the stack has no edge)."""
     edge = caddy.site(public_url)
     host = None if edge.loopback else edge.host
+    backend = "edge" if ctx.plan.edge is not None else "api"
     rule: dict[str, Any] = {"http": {"paths": [{
         "path": "/", "pathType": "Prefix",
-        "backend": {"service": {"name": "api", "port": {"name": "main"}}},
+        "backend": {"service": {"name": backend, "port": {"name": "main"}}},
     }]}}
     spec: dict[str, Any] = {}
     if host:
@@ -225,9 +248,9 @@ locally. Apply with
 - The migration runs as a Job (`db-init` as its init container); API pods wait for it to
   complete. A Job's name carries a hash of its spec, so a changed stack applies as a new Job;
   old finished Jobs stay listed in `kubectl -n {ctx.namespace} get jobs` until you delete them.
-- API pods sit behind the `api` Service and an Ingress (probes: `/api/health` for liveness,
-  `/api/ready` for readiness) with a PodDisruptionBudget.
-
+- API pods sit behind the `api` Service (probes: `/api/health` for liveness, `/api/ready` for
+  readiness) with a PodDisruptionBudget.
+{_edge_readme(ctx)}
 ## Image
 
 Deployments and Jobs run `{ctx.app_image}`, built from the Dockerfile that
@@ -244,6 +267,29 @@ replace it with your secret manager's Secret of the same name and keys.
 
 ## Public URL
 
-The UI calls the API at `api.public_url` from stack.yaml ({topology.public_url(stack)} now);
-set it to the Ingress host (https makes the Ingress request TLS from `{ctx.namespace}-tls`).
+The UI calls the API at {topology.public_url(stack)}/api (`edge.host` and `edge.https_port`,
+or `api.public_url`, from stack.yaml). Set it to the Ingress host: an https URL with a host
+name makes the Ingress terminate TLS with the certificate in the Secret
+`{ctx.namespace}-tls` (for example from cert-manager).
+"""
+
+
+def _edge_readme(ctx: Context) -> str:
+    if ctx.plan.edge is None:
+        return "- No edge (`edge.enabled: false`): the Ingress sends requests to the API.\n"
+    internal = ctx.plan.edge.internal_url
+    return f"""\
+- The edge: the Ingress terminates TLS and sends every request to the `edge` Deployment
+  (Caddy, with the Caddyfile of the local edge in the `{edge_pods.CONFIG_MAP}` ConfigMap),
+  which asks the `auth` StatefulSet (users, API keys and the audit log on a
+  PersistentVolumeClaim; a single writer, hence one pod) about each request
+  (`forward_auth`) and load-balances over the `api` Service. Caddy trusts X-Forwarded-For
+  from private addresses (the Ingress controller), so the audit log and the sign-in
+  throttle see the real client address.
+- Workers, `pools` and `examples` reach the API through the edge too, at {internal}
+  inside the cluster, each with its own API key (`worker`, `developer` roles): the same
+  checks as outside, without a CA certificate to hand them. A NetworkPolicy keeps them
+  (and the flow code the workers run) away from PostgreSQL, Redis, the API and auth; it
+  takes effect with a network plugin that enforces NetworkPolicy.
+- Sign in as `admin` with the `admin_password` from the Secret.
 """

@@ -17,6 +17,7 @@ from prefectstack.render import plan
 from prefectstack.render.common import (
     APP_DIR,
     APP_UID,
+    CADDY_IMAGE,
     HOME_DIR,
     POSTGRES_IMAGE,
     REDIS_IMAGE,
@@ -28,7 +29,8 @@ from prefectstack.render.plan import Container, Plan
 
 PART_OF = "prefectstack"
 SCRIPTS_DIR = f"{APP_DIR}/scripts"
-IMAGE_UIDS = {"prefect": APP_UID, "postgres": 70, "redis": 999}  # the images' own users
+# The images' own users; Caddy's image runs as root, so its pods get an unprivileged one.
+IMAGE_UIDS = {"prefect": APP_UID, "postgres": 70, "redis": 999, "caddy": APP_UID + 1}
 STORAGE = {"pgdata": "10Gi", "redis": "1Gi"}
 # requests cpu, memory; limits cpu, memory
 RESOURCES = {
@@ -36,6 +38,8 @@ RESOURCES = {
     "redis": ("50m", "128Mi", "500m", "512Mi"),
     "api": ("250m", "512Mi", "2", "2Gi"),
     "worker": ("250m", "512Mi", "2", "2Gi"),
+    "edge": ("100m", "128Mi", "1", "512Mi"),
+    "auth": ("100m", "128Mi", "1", "512Mi"),
     "other": ("100m", "256Mi", "1", "1Gi"),
     "wait": ("10m", "32Mi", "100m", "64Mi"),
 }
@@ -53,7 +57,8 @@ class Context:
         self.jobs: dict[str, str] = {}  # one-shot container -> its Job's name
 
     def image(self, c: Container) -> str:
-        return {"postgres": POSTGRES_IMAGE, "redis": REDIS_IMAGE}.get(c.image, self.app_image)
+        images = {"postgres": POSTGRES_IMAGE, "redis": REDIS_IMAGE, "caddy": CADDY_IMAGE}
+        return images.get(c.image, self.app_image)
 
     def labels(self, c: Container) -> dict[str, str]:
         component = c.name if c.role == "other" else c.role
@@ -118,8 +123,8 @@ def container_spec(ctx: Context, c: Container) -> dict[str, Any]:
     if c.port:
         spec["ports"] = [{"name": "main", "containerPort": c.port}]
     spec.update(_probes(c))
-    spec["resources"] = _resources(c.role)
-    spec["securityContext"] = _container_security()
+    spec["resources"] = resources(c.role)
+    spec["securityContext"] = container_security()
     mounts = [{"name": v, "mountPath": p} for v, p in c.volumes.items()]
     if c.image == "prefect":
         mounts.append({"name": "home", "mountPath": HOME_DIR})
@@ -139,20 +144,20 @@ def _probes(c: Container) -> dict[str, Any]:
         start = {"httpGet": {"path": alive_path, "port": c.probe.port}, "periodSeconds": 5,
                  "failureThreshold": 60}
         return {"startupProbe": start, "readinessProbe": ready, "livenessProbe": alive}
-    command = plan.probe_command(c.probe)
+    command = plan.probe_command(c.probe, c.image)
     if command is None or c.probe.kind == "alive":
         return {}  # no endpoint: Kubernetes restarts the container when its process exits
     check = {"exec": {"command": command}, **timing}
     return {"readinessProbe": check, "livenessProbe": check}
 
 
-def _resources(role: str) -> dict[str, Any]:
+def resources(role: str) -> dict[str, Any]:
     cpu, memory, cpu_max, memory_max = RESOURCES.get(role, RESOURCES["other"])
     return {"requests": {"cpu": cpu, "memory": memory},
             "limits": {"cpu": cpu_max, "memory": memory_max}}
 
 
-def _container_security() -> dict[str, Any]:
+def container_security() -> dict[str, Any]:
     return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
             "runAsNonRoot": True}
 
@@ -169,8 +174,8 @@ def wait_container(ctx: Context, dep: Container) -> dict[str, Any]:
         "name": f"wait-for-{dep.name}",
         "image": ctx.app_image,
         "command": ["python", f"{SCRIPTS_DIR}/wait.py", *args],
-        "resources": _resources("wait"),
-        "securityContext": _container_security(),
+        "resources": resources("wait"),
+        "securityContext": container_security(),
         "volumeMounts": [{"name": "scripts", "mountPath": SCRIPTS_DIR, "readOnly": True}],
     }
 

@@ -8,6 +8,7 @@ is made, by `prefectstack.deploy.desired`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -23,6 +24,20 @@ VariableName = Annotated[str, Field(pattern=r"^[a-z0-9_-]{1,255}$")]
 BlockName = Annotated[str, Field(pattern=r"^[a-z0-9-]{1,100}$")]
 EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 Tag = Annotated[str, Field(min_length=1, max_length=100)]
+
+
+def _json_value(value: Any) -> Any:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        raise ValueError(
+            "must be plain JSON data: strings, numbers, booleans, null, lists and mappings "
+            "(quote dates and times)"
+        ) from None
+    return value
+
+
+JsonValue = Annotated[Any, AfterValidator(_json_value)]
 
 
 class _Model(BaseModel):
@@ -85,7 +100,7 @@ class WorkPoolConfig(_Model):
         None, ge=0, description="Maximum concurrent flow runs in the pool (unset: no limit)."
     )
     paused: bool = Field(False, description="A paused pool hands out no runs.")
-    base_job_template: dict[str, Any] = Field(
+    base_job_template: dict[str, JsonValue] = Field(
         default_factory=dict,
         description=(
             "Overrides of the base job template: job variable name → new default (e.g. "
@@ -171,7 +186,7 @@ class ScheduleConfig(_Model):
         description="`cron` only: day-of-month and day-of-week match with OR (false: AND).",
     )
     active: bool = Field(True, description="false pauses this schedule but keeps it.")
-    parameters: dict[str, Any] = Field(
+    parameters: dict[str, JsonValue] = Field(
         default_factory=dict,
         description="Parameters for runs of this schedule, over the deployment's.",
     )
@@ -208,7 +223,7 @@ class DeploymentConfig(_Model):
     schedules: list[ScheduleConfig] = Field(
         default_factory=list, description="Schedules; several are allowed, none means manual."
     )
-    parameters: dict[str, Any] = Field(
+    parameters: dict[str, JsonValue] = Field(
         default_factory=dict,
         description="Default parameters, checked against the flow function's signature.",
     )
@@ -225,7 +240,7 @@ class DeploymentConfig(_Model):
             "is cancelled."
         ),
     )
-    job_variables: dict[str, Any] = Field(
+    job_variables: dict[str, JsonValue] = Field(
         default_factory=dict,
         description="Overrides of the pool's job variables for this deployment (e.g. `env`).",
     )
@@ -257,7 +272,9 @@ class VariableConfig(_Model):
     """A Prefect variable (plain configuration; use `secrets` for anything sensitive)."""
 
     name: VariableName = Field(description="Variable name (lowercase, digits, `-`, `_`).")
-    value: Any = Field(description="Any JSON value: string, number, boolean, list or mapping.")
+    value: JsonValue = Field(
+        description="Any JSON value: string, number, boolean, list or mapping."
+    )
     tags: Tags = Field(default_factory=list, description="Tags of the variable.")
 
 

@@ -1,0 +1,383 @@
+"""Deployments as code against a real stack: plan/apply/prune, drift, parameter checks, a
+git-sourced deployment run by the stack's worker, and a worker joined from "another machine".
+
+One stack for the module; the tests run in file order and share it. The stack's API is used
+directly on loopback (`http://127.0.0.1:<api port>`), with the edge switched off, so these
+tests exercise deployments and workers rather than TLS and keys.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from prefectstack.stack.model import Stack
+
+from .conftest import cli, free_port, stack_yaml, wait_for
+
+pytestmark = pytest.mark.integration
+
+MANAGED = "prefectstack:managed"
+FLOW = '''\
+from prefect import flow
+
+
+@flow(name="greeter", log_prints=True)
+def greet(name: str = "world", times: int = 1) -> str:
+    """Say hello."""
+    print(f"hello {name} " * times)
+    return name
+'''
+GIT_FLOW = '''\
+from prefect import flow
+
+
+@flow(log_prints=True)
+def from_git(word: str) -> str:
+    print(f"code from git says {word}")
+    return word
+'''
+
+
+def initial_config(ports: dict[str, int]) -> dict[str, Any]:
+    config: dict[str, Any] = yaml.safe_load(stack_yaml(**ports))
+    if "edge" in Stack.model_fields:
+        config["edge"] = {"enabled": False}
+    config["work_pools"] = [
+        {"name": "joined", "description": "for a worker on another machine"},
+        {"name": "extra", "concurrency_limit": 3, "queues": [{"name": "high", "priority": 1}]},
+    ]
+    config["deployments"] = [
+        {"name": "daily", "entrypoint": "flows/greet.py:greet", "work_pool": "itest-pool",
+         "parameters": {"name": "ada"}, "tags": ["demo"],
+         "schedules": [{"cron": "0 9 * * *", "timezone": "Europe/Berlin"}]},
+        {"name": "hourly", "entrypoint": "flows/greet.py:greet", "work_pool": "extra",
+         "work_queue": "high", "schedules": [{"interval": 3600, "active": False}],
+         "concurrency_limit": 1, "collision_strategy": "CANCEL_NEW"},
+        {"name": "remote", "entrypoint": "flows/greet.py:greet", "work_pool": "joined",
+         "parameters": {"name": "joined worker"}},
+    ]
+    config["concurrency_limits"] = [{"name": "database", "limit": 2}]
+    config["variables"] = [{"name": "region", "value": "eu-west-1"}]
+    config["secrets"] = [{"name": "api-token", "file": "token.txt"}]
+    return config
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    root = tmp_path_factory.mktemp("deploy")
+    ports = {k: free_port() for k in ("pg", "redis", "api", "worker")}
+    (root / "ports.json").write_text(json.dumps(ports))
+    (root / "flows").mkdir()
+    (root / "flows" / "greet.py").write_text(FLOW)
+    (root / "token.txt").write_text("tok-123\n")
+    write(root, initial_config(ports))
+    yield root
+    cli("down", cwd=root, check=False, timeout=120)
+
+
+def write(root: Path, config: dict[str, Any]) -> None:
+    (root / "stack.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def config_of(root: Path) -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((root / "stack.yaml").read_text())
+    return data
+
+
+def api(root: Path) -> str:
+    return f"http://127.0.0.1:{json.loads((root / 'ports.json').read_text())['api']}/api"
+
+
+def get(root: Path, path: str) -> Any:
+    return httpx.get(api(root) + path, timeout=10).raise_for_status().json()
+
+
+def post(root: Path, path: str, body: dict[str, Any]) -> Any:
+    return httpx.post(api(root) + path, json=body, timeout=10).raise_for_status().json()
+
+
+def deployments(root: Path) -> dict[str, dict[str, Any]]:
+    flows = {f["id"]: f["name"] for f in post(root, "/flows/filter", {})}
+    return {f"{flows[d['flow_id']]}/{d['name']}": d for d in post(root, "/deployments/filter", {})}
+
+
+def plan(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return cli("deploy", "plan", *args, cwd=root, check=False, timeout=180)
+
+
+def plan_json(root: Path, *args: str) -> tuple[int, dict[str, Any]]:
+    result = plan(root, "--json", "--detailed-exitcode", *args)
+    assert result.returncode in (0, 2), result.stderr
+    data: dict[str, Any] = json.loads(result.stdout)
+    return result.returncode, data
+
+
+def run_deployment(root: Path, name: str) -> str:
+    deployment = get(root, f"/deployments/name/{name}")
+    run = post(root, f"/deployments/{deployment['id']}/create_flow_run", {})
+    return str(run["id"])
+
+
+def final_state(root: Path, run_id: str, timeout: float = 300) -> str:
+    def done() -> str | None:
+        state = get(root, f"/flow_runs/{run_id}")["state"]
+        kind = state and state["type"]
+        return kind if kind in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
+
+    return str(wait_for(done, timeout, f"flow run {run_id} to finish", interval=2))
+
+
+def run_logs(root: Path, run_id: str) -> str:
+    logs = post(root, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}})
+    return "\n".join(entry["message"] for entry in logs)
+
+
+def test_an_unreachable_server_is_exit_code_1_with_detailed_exitcode(stack: Path) -> None:
+    result = plan(stack, "--detailed-exitcode", "--server", "http://127.0.0.1:9")
+    assert result.returncode == 1, result.stderr
+    assert "cannot reach the Prefect API" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_up_applies_the_stack_files_deployments(stack: Path) -> None:
+    result = cli("up", "--detach", cwd=stack)
+    assert re.search(r"deployments applied: \d+ created, 0 updated", result.stderr), (
+        result.stderr)
+    found = deployments(stack)
+    assert {"greeter/daily", "greeter/hourly", "greeter/remote"} <= set(found)
+    daily = found["greeter/daily"]
+    assert sorted(daily["tags"]) == ["demo", MANAGED]
+    assert daily["parameters"] == {"name": "ada"}
+    assert [s["schedule"]["cron"] for s in daily["schedules"]] == ["0 9 * * *"]
+    hourly = found["greeter/hourly"]
+    assert hourly["work_queue_name"] == "high" and hourly["work_pool_name"] == "extra"
+    assert hourly["global_concurrency_limit"]["limit"] == 1
+    assert [s["active"] for s in hourly["schedules"]] == [False]
+    assert get(stack, "/v2/concurrency_limits/database")["limit"] == 2
+    assert get(stack, "/variables/name/region")["value"] == "eu-west-1"
+    secret = post(stack, "/block_documents/filter", {
+        "block_types": {"slug": {"any_": ["secret"]}}, "include_secrets": True})
+    assert [(b["name"], b["data"]["value"]) for b in secret] == [("api-token", "tok-123")]
+    # The bundled examples were registered too, unmanaged.
+    assert MANAGED not in found["hello/hello"]["tags"]
+
+
+def test_a_second_apply_is_a_no_op(stack: Path) -> None:
+    result = plan(stack, "--detailed-exitcode")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "No changes" in result.stdout
+    applied = cli("deploy", "apply", cwd=stack)
+    assert "No changes" in applied.stdout and "Applied" not in applied.stdout
+
+
+def test_a_schedule_change_shows_as_an_update(stack: Path) -> None:
+    config = config_of(stack)
+    config["deployments"][0]["schedules"][0]["cron"] = "30 10 * * 1-5"
+    write(stack, config)
+    code, data = plan_json(stack)
+    assert code == 2
+    assert data["summary"] == {"create": 0, "update": 1, "delete": 0}
+    (change,) = data["changes"]
+    assert (change["action"], change["kind"], change["name"]) == (
+        "update", "deployment", "greeter/daily")
+    assert [f["field"] for f in change["fields"]] == ["schedules"]
+    assert change["fields"][0]["after"][0]["cron"] == "30 10 * * 1-5"
+    human = plan(stack).stdout
+    assert "cron '0 9 * * *' Europe/Berlin] → [cron '30 10 * * 1-5' Europe/Berlin]" in human
+    cli("deploy", "apply", "--yes", cwd=stack)
+    schedules = get(stack, "/deployments/name/greeter/daily")["schedules"]
+    assert [s["schedule"]["cron"] for s in schedules] == ["30 10 * * 1-5"]
+    assert plan(stack, "--detailed-exitcode").returncode == 0
+
+
+def test_hand_made_drift_is_detected_and_reverted(stack: Path) -> None:
+    daily = get(stack, "/deployments/name/greeter/daily")
+    httpx.patch(f"{api(stack)}/deployments/{daily['id']}", timeout=10,
+                json={"description": "edited in the UI", "paused": True}).raise_for_status()
+    httpx.patch(f"{api(stack)}/variables/name/region", timeout=10,
+                json={"value": "us-east-1"}).raise_for_status()
+    code, data = plan_json(stack)
+    assert code == 2
+    changed = {(c["kind"], c["name"]): [f["field"] for f in c["fields"]] for c in data["changes"]}
+    assert changed == {("variable", "region"): ["value"],
+                       ("deployment", "greeter/daily"): ["description", "paused"]}
+    cli("deploy", "apply", "--yes", cwd=stack)
+    daily = get(stack, "/deployments/name/greeter/daily")
+    assert daily["description"] is None and daily["paused"] is False
+    assert plan(stack, "--detailed-exitcode").returncode == 0
+
+
+def test_pools_queues_limits_and_secrets_update_in_place(stack: Path) -> None:
+    config = config_of(stack)
+    config["work_pools"][1]["concurrency_limit"] = 4
+    config["work_pools"][1]["queues"][0]["priority"] = 2
+    config["work_pools"][1]["base_job_template"] = {"stream_output": False}
+    config["concurrency_limits"][0]["limit"] = 5
+    write(stack, config)
+    (stack / "token.txt").write_text("tok-456\n")
+    code, data = plan_json(stack)
+    assert code == 2
+    changed = {(c["kind"], c["name"]): {f["field"]: f["after"] for f in c["fields"]}
+               for c in data["changes"]}
+    assert changed == {
+        ("secret", "api-token"): {"value": "(hidden)"},
+        ("concurrency_limit", "database"): {"limit": 5},
+        ("work_pool", "extra"): {"concurrency_limit": 4,
+                                 "base_job_template": changed[("work_pool", "extra")][
+                                     "base_job_template"]},
+        ("work_queue", "extra/high"): {"priority": 2},
+    }
+    assert changed[("work_pool", "extra")]["base_job_template"]["stream_output"] is False
+    assert "tok-456" not in json.dumps(data)
+    cli("deploy", "apply", "--yes", cwd=stack)
+    pool = get(stack, "/work_pools/extra")
+    assert pool["concurrency_limit"] == 4
+    assert pool["base_job_template"]["variables"]["properties"]["stream_output"]["default"] is (
+        False)
+    assert get(stack, "/work_pools/extra/queues/high")["priority"] == 2
+    assert get(stack, "/v2/concurrency_limits/database")["limit"] == 5
+    secret = post(stack, "/block_documents/filter", {
+        "block_types": {"slug": {"any_": ["secret"]}}, "include_secrets": True})
+    assert [b["data"]["value"] for b in secret] == ["tok-456"]
+    assert plan(stack, "--detailed-exitcode").returncode == 0
+
+
+def test_prune_deletes_only_managed_objects_that_left_the_file(stack: Path) -> None:
+    flow = post(stack, "/flows/", {"name": "greeter"})
+    post(stack, "/deployments/", {"name": "by-hand", "flow_id": flow["id"],
+                                  "work_pool_name": "itest-pool"})
+    config = config_of(stack)
+    config["deployments"] = [d for d in config["deployments"] if d["name"] != "hourly"]
+    config["variables"] = []
+    write(stack, config)
+
+    kept = plan(stack, "--detailed-exitcode")
+    assert kept.returncode == 0
+    assert "--prune` deletes them): deployment greeter/hourly" in kept.stdout
+    code, data = plan_json(stack, "--prune")
+    assert code == 2
+    assert [(c["action"], c["kind"], c["name"]) for c in data["changes"]] == [
+        ("delete", "deployment", "greeter/hourly"), ("delete", "variable", "region"),
+    ]
+    cli("deploy", "apply", "--prune", "--yes", cwd=stack)
+    left = deployments(stack)
+    assert "greeter/hourly" not in left
+    assert {"greeter/by-hand", "hello/hello", "shell-command/shell", "greeter/daily"} <= set(left)
+    missing = httpx.get(f"{api(stack)}/variables/name/region", timeout=10)
+    assert missing.status_code == 404 or missing.json() is None
+    assert plan(stack, "--prune", "--detailed-exitcode").returncode == 0
+
+
+def server_picture(root: Path) -> Any:
+    return (
+        sorted((name, d["updated"]) for name, d in deployments(root).items()),
+        sorted(v["name"] for v in post(root, "/variables/filter", {})),
+    )
+
+
+def test_parameter_errors_are_caught_before_any_change(stack: Path) -> None:
+    before = server_picture(stack)
+    good = config_of(stack)
+    bad = json.loads(json.dumps(good))
+    bad["deployments"][0]["parameters"] = {"name": "ada", "times": "twice", "colour": "red"}
+    bad["deployments"].append({"name": "new-one", "entrypoint": "flows/greet.py:greet",
+                               "work_pool": "itest-pool"})
+    bad["variables"] = [{"name": "would-be-created", "value": 1}]
+    write(stack, bad)
+    try:
+        planned = plan(stack)
+        assert planned.returncode == 2, planned.stderr
+        assert "deployments[0].parameters.colour: flow `greet` has no parameter `colour`" in (
+            planned.stderr)
+        assert "deployments[0].parameters.times: 'twice' is not of type 'integer'" in (
+            planned.stderr)
+        assert plan(stack, "--detailed-exitcode").returncode == 1
+        applied = cli("deploy", "apply", "--yes", cwd=stack, check=False)
+        assert applied.returncode == 2 and "nothing was changed" in applied.stderr
+        assert server_picture(stack) == before
+    finally:
+        write(stack, good)
+
+
+def git(*args: str, cwd: Path) -> None:
+    subprocess.run(["git", "-c", "user.name=itest", "-c", "user.email=itest@example.com",
+                    *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def test_a_git_sourced_deployment_runs_on_the_stacks_worker(
+    stack: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    repos = tmp_path_factory.mktemp("git")
+    git("init", "--bare", "--initial-branch=main", "flows.git", cwd=repos)
+    git("clone", "flows.git", "checkout", cwd=repos)
+    (repos / "checkout" / "pipelines").mkdir()
+    (repos / "checkout" / "pipelines" / "from_git.py").write_text(GIT_FLOW)
+    git("add", ".", cwd=repos / "checkout")
+    git("commit", "-m", "a flow", cwd=repos / "checkout")
+    git("push", "origin", "main", cwd=repos / "checkout")
+    url = f"file://{repos / 'flows.git'}"
+    config = config_of(stack)
+    config["deployments"].append({
+        "name": "git", "entrypoint": "pipelines/from_git.py:from_git", "work_pool": "itest-pool",
+        "source": {"git": url, "branch": "main"}, "parameters": {"word": "hello-from-git"},
+    })
+    write(stack, config)
+    cli("deploy", "apply", "--yes", cwd=stack)
+    deployment = get(stack, "/deployments/name/from-git/git")
+    assert deployment["pull_steps"] == [
+        {"prefect.deployments.steps.git_clone": {"repository": url, "branch": "main"}}]
+    run_id = run_deployment(stack, "from-git/git")
+    assert final_state(stack, run_id) == "COMPLETED", run_logs(stack, run_id)[-3000:]
+    logs = wait_for(lambda: (t := run_logs(stack, run_id)) and "hello-from-git" in t and t,
+                    60, "the flow's own log line")
+    assert "code from git says hello-from-git" in logs
+
+
+def test_a_joined_worker_picks_up_a_run_from_its_pool(
+    stack: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    machine = tmp_path_factory.mktemp("other-machine")
+    health = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT")}
+    env["HOME"] = str(machine)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prefectstack", "worker", "join",
+         "--server", api(stack).removesuffix("/api"), "--key", "not-checked-without-edge",
+         "--pool", "joined", "--name", "itest-joined", "--health-port", str(health)],
+        cwd=machine, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        wait_for(lambda: _healthy(health) or proc.poll() is not None, 120,
+                 "the joined worker's health endpoint", interval=1)
+        assert proc.poll() is None, proc.communicate(timeout=10)[0]
+        run_id = run_deployment(stack, "greeter/remote")
+        assert final_state(stack, run_id) == "COMPLETED", run_logs(stack, run_id)[-3000:]
+        workers = post(stack, "/work_pools/joined/workers/filter", {})
+        assert [w["name"] for w in workers] == ["itest-joined"]
+        assert (machine / ".prefectstack" / "workers" / "itest-joined").is_dir()
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+    assert "worker itest-joined joining pool joined" in out
+    assert "not-checked-without-edge" not in out
+
+
+def _healthy(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
