@@ -236,6 +236,7 @@ def _browser_or_skip() -> Any:
 
 def _quick_run_as(edge: Edge, page: Any, user: str, password: str) -> int:
     """Sign in, open the hello deployment, click Run > Quick run; the API's answer."""
+    page.set_default_timeout(120_000)  # a 2-core machine under load renders slowly
     page.goto(f"{edge.base}/deployments")
     assert "/auth/login" in page.url  # not signed in: the sign-in page, not the UI
     page.fill("input[name=username]", user)
@@ -287,3 +288,10 @@ def test_browser_signs_in_and_runs_as_operator_refused_as_viewer(edge: Edge) -> 
     assert [r["status"] for r in runs] == [200]
     refused = [r for r in edge.audit("--user", "victor") if r["path"].endswith("/create_flow_run")]
     assert [r["status"] for r in refused] == [403]
+
+
+def test_deploy_plan_targets_the_stack_through_the_edge(edge: Edge) -> None:
+    """Without --server, `deploy` uses this stack's edge with its developer key and CA."""
+    result = cli("deploy", "plan", "--json", "--detailed-exitcode", cwd=edge.root, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr  # nothing declared, no changes
+    assert "Traceback" not in result.stderr

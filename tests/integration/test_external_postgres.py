@@ -63,6 +63,8 @@ def test_stack_on_external_postgres(tmp_path: Path, external_pg: int) -> None:
     (tmp_path / "stack.yaml").write_text(
         "version: 1\nstate_dir: state\npostgres:\n  mode: external\n  url: ${EXT_DB_URL}\n"
         f"redis: {{port: {redis_port}}}\napi: {{port: {api_port}}}\n"
+        f"edge: {{https_port: {free_port()}, http_port: {free_port()}}}\n"
+        f"auth: {{port: {free_port()}}}\n"
         "workers: []\nexamples: {enabled: false}\n"
     )
     env_url = f"postgresql://ext:{APP_PASSWORD}@127.0.0.1:{external_pg}/extdb"

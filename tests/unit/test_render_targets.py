@@ -76,8 +76,10 @@ def test_workflow_builds_on_tags_then_plans_and_applies() -> None:
     assert push["with"]["context"] == "ops/compose" and push["with"]["push"] is True
     deploy = flow["jobs"]["deploy"]
     assert deploy["needs"] == "image"
-    assert deploy["env"]["PREFECT_API_KEY"] == "${{ secrets.PREFECT_API_KEY }}"
-    assert "https://prefect.example.com/api" in deploy["env"]["PREFECT_API_URL"]
+    # the variables `prefectstack deploy` reads, so CI targets the server, not loopback
+    assert deploy["env"]["PREFECTSTACK_API_KEY"] == "${{ secrets.PREFECTSTACK_API_KEY }}"
+    assert "PREFECTSTACK_SERVER" in deploy["env"]
+    assert "https://prefect.example.com" in deploy["env"]["PREFECTSTACK_SERVER"]
     runs = [step.get("run", "") for step in deploy["steps"]]
-    assert "prefectstack deploy plan -f ops/stack.yaml" in runs
-    assert "prefectstack deploy apply -f ops/stack.yaml" in runs
+    assert any(r.startswith("prefectstack deploy plan -f ops/stack.yaml") for r in runs)
+    assert "prefectstack deploy apply -f ops/stack.yaml --yes" in runs  # no prompt in CI

@@ -90,7 +90,7 @@ def apply(stack_path: str | None, server: str | None, key: str | None, ca_file: 
 def _run(stack_path: str | None, server: str | None, key: str | None, ca_file: str | None,
          prune: bool, decide: Callable[[Plan], bool]) -> Outcome:
     loaded = load_stack(stack_path)
-    return run(loaded, target_for(loaded.stack, server, key, ca_file), prune=prune,
+    return run(loaded, target_for(loaded, server, key, ca_file), prune=prune,
                decide=decide)
 
 

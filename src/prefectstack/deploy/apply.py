@@ -28,25 +28,39 @@ from prefectstack.deploy.state import (
 )
 from prefectstack.errors import StackError
 from prefectstack.prefect_api import PrefectApi, Target
+from prefectstack.runtime import edge, secrets
 from prefectstack.stack.deployments import MANAGED_TAG
 from prefectstack.stack.loader import LoadedStack
-from prefectstack.stack.model import Stack
 
 
-def target_for(stack: Stack, server: str | None = None, key: str | None = None,
+def target_for(loaded: LoadedStack, server: str | None = None, key: str | None = None,
                ca_file: str | None = None) -> Target:
-    """`--server` (a server root or its /api URL), else this stack's own API process on
-    loopback (the same address the local workers use; no key needed there)."""
+    """`--server` (a server root or its /api URL), else this stack itself: through its edge
+    with the stack's own `developer` key and CA (so the change is authenticated and audited
+    like anyone else's), or its loopback API process when the edge is off."""
+    auth = os.environ.get("PREFECTSTACK_API_AUTH_STRING") or None
     if server:
         if not server.startswith(("http://", "https://")):
             raise StackError(f"--server {server}: expected an http:// or https:// URL",
                              exit_code=2)
         url = server.rstrip("/")
         url = url if url.endswith("/api") else url + "/api"
-    else:
+        return Target(url, api_key=key or None, auth_string=auth, ca_file=ca_file or None)
+    stack = loaded.stack
+    if not stack.edge.enabled:
         url = f"http://{topology.LOOPBACK}:{stack.api.port}/api"
-    auth = os.environ.get("PREFECTSTACK_API_AUTH_STRING") or None
-    return Target(url, api_key=key or None, auth_string=auth, ca_file=ca_file or None)
+        return Target(url, api_key=key or None, auth_string=auth, ca_file=ca_file or None)
+    own_key = key or secrets.load(loaded.state_dir).get("deployer_api_key")
+    if not own_key:
+        raise StackError(
+            f"no key for this stack's edge in {loaded.state_dir}",
+            hint="run `prefectstack up` once, or pass --key",
+        )
+    ca = ca_file
+    if ca is None and stack.edge.internal_tls:
+        ca = str(edge.export_ca(loaded.state_dir))
+    return Target(f"{topology.public_url(stack)}/api", api_key=own_key, auth_string=auth,
+                  ca_file=ca)
 
 
 @dataclass(frozen=True)
@@ -247,7 +261,7 @@ def apply_on_up(loaded: LoadedStack, *, background: bool) -> None:
 
 def _apply(loaded: LoadedStack) -> None:
     try:
-        outcome = run(loaded, target_for(loaded.stack), prune=False, decide=lambda _plan: True)
+        outcome = run(loaded, target_for(loaded), prune=False, decide=lambda _plan: True)
     except StackError as exc:
         raise StackError(
             f"the platform is up, but applying the stack file's deployments failed: "

@@ -53,5 +53,6 @@ def check_free(services: list[Service]) -> None:
         raise StackError(
             "cannot start: " + "; ".join(busy),
             hint="stop that process, or choose another port in the stack file "
-            "(postgres.port, redis.port, api.port, workers[N].health_port)",
+            "(postgres.port, redis.port, api.port, edge.https_port, edge.http_port, auth.port, "
+            "workers[N].health_port)",
         )
