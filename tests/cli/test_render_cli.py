@@ -119,7 +119,8 @@ def test_render_systemd_and_github_actions(stack_file: Path, tmp_path: Path) -> 
                for line in unit)
     invoke("render", "github-actions", "-f", str(stack_file), "-o", str(tmp_path / "wf"))
     flow = yaml.safe_load((tmp_path / "wf" / "prefectstack-deploy.yml").read_text())
-    assert flow["jobs"]["deploy"]["steps"][-1]["run"] == "prefectstack deploy apply -f stack.yaml --yes"
+    last = flow["jobs"]["deploy"]["steps"][-1]["run"]
+    assert last == "prefectstack deploy apply -f stack.yaml --yes"
 
 
 def _fake_docker(directory: Path, script: str) -> None:
