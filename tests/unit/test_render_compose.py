@@ -4,9 +4,9 @@ with the topology's edge and auth services in front of the API."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,10 @@ STACKS: dict[str, dict[str, Any]] = {
     "three-apis": {"api": {"replicas": 3}, "edge": DOMAIN},
     "no-edge": {"edge": {"enabled": False}},
     "external-postgres": {
-        "postgres": {"mode": "external",
-                     "url": "postgresql://prefect:hunter2-db@db.internal:5432/prefect"},
+        "postgres": {
+            "mode": "external",
+            "url": "postgresql://prefect:hunter2-db@db.internal:5432/prefect",
+        },
         "api": {"replicas": 2},
     },
     "all-external": {
@@ -36,14 +38,6 @@ STACKS: dict[str, dict[str, Any]] = {
 REDIS_KEYS = set(topology.redis_env(Stack(version=CURRENT_VERSION)))
 ONE_SHOTS = {"db-init", "migrate", "pools", "examples"}
 CLIENTS = ("pools", "worker-1", "examples")
-
-
-def tool(name: str) -> str:
-    found = Path(sys.executable).with_name(name)
-    path = str(found) if found.exists() else shutil.which(name)
-    if path is None:
-        pytest.skip(f"{name} is not installed")
-    return path
 
 
 def fake_secrets(stack: Stack) -> dict[str, str]:
@@ -61,24 +55,34 @@ def rendered(request: pytest.FixtureRequest) -> tuple[Stack, Bundle, dict[str, A
     return render(request.param)
 
 
-def test_compose_spec_validates(tmp_path: Path, rendered: tuple[Stack, Bundle, Any]) -> None:
+def test_compose_spec_validates(
+    tmp_path: Path, rendered: tuple[Stack, Bundle, Any], tool: Callable[[str], str]
+) -> None:
     file = tmp_path / "docker-compose.yml"
     file.write_text(rendered[1].files["docker-compose.yml"])
     result = subprocess.run(
         [tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(file)],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_caddyfile_parses(tmp_path: Path, rendered: tuple[Stack, Bundle, Any]) -> None:
+def test_caddyfile_parses(
+    tmp_path: Path, rendered: tuple[Stack, Bundle, Any], tool: Callable[[str], str]
+) -> None:
     if not rendered[0].edge.enabled:
         pytest.skip("no edge, no Caddyfile")
     file = tmp_path / "Caddyfile"
     file.write_text(rendered[1].files["Caddyfile"])
     result = subprocess.run(
         [tool("caddy"), "adapt", "--config", str(file), "--adapter", "caddyfile"],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
 
@@ -124,8 +128,11 @@ def test_clients_reach_the_api_only_through_the_edge(
         assert "backend" in services["worker-1"]["networks"]
         return
     assert services["edge"]["networks"] == ["frontend", "backend"]
-    keys = {"pools": "DEPLOYER_API_KEY", "worker-1": "WORKER_API_KEY",
-            "examples": "DEPLOYER_API_KEY"}
+    keys = {
+        "pools": "DEPLOYER_API_KEY",
+        "worker-1": "WORKER_API_KEY",
+        "examples": "DEPLOYER_API_KEY",
+    }
     for name in CLIENTS:
         env = services[name]["environment"]
         assert services[name]["networks"] == ["frontend"], name
@@ -148,19 +155,30 @@ def test_edge_runs_the_topologys_caddyfile_with_container_addresses(
     local = next(s for s in topology.build(stack) if s.name == "edge").files["edge/Caddyfile"]
     apis = " ".join(f"127.0.0.1:{p}" for p in topology.api_ports(stack))
     upstreams = "api:4200" if stack.api.replicas == 1 else "api:4200 api-replicas:4200"
-    translated = (local.replace(apis, upstreams)
-                  .replace(f"127.0.0.1:{stack.auth.port}", f"auth:{stack.auth.port}")
-                  .replace("${dir.edge}", "/var/lib/caddy")
-                  .replace("${path.flows}", "/srv/flows"))
+    translated = (
+        local.replace(apis, upstreams)
+        .replace(f"127.0.0.1:{stack.auth.port}", f"auth:{stack.auth.port}")
+        .replace("${dir.edge}", "/var/lib/caddy")
+        .replace("${path.flows}", "/srv/flows")
+    )
     caddyfile = bundle.files["Caddyfile"]
     assert caddyfile.startswith(translated)
-    assert caddyfile[len(translated):].lstrip().splitlines()[1] == "http://:8080 {"
+    assert caddyfile[len(translated) :].lstrip().splitlines()[1] == "http://:8080 {"
     edge = doc["services"]["edge"]
     assert edge["image"].startswith("caddy:2.")
-    assert edge["command"] == ["caddy", "run", "--config", "/etc/caddy/Caddyfile",
-                               "--adapter", "caddyfile"]
-    assert edge["volumes"] == ["./Caddyfile:/etc/caddy/Caddyfile:ro", "edge:/var/lib/caddy",
-                               "./flows:/srv/flows:ro"]
+    assert edge["command"] == [
+        "caddy",
+        "run",
+        "--config",
+        "/etc/caddy/Caddyfile",
+        "--adapter",
+        "caddyfile",
+    ]
+    assert edge["volumes"] == [
+        "./Caddyfile:/etc/caddy/Caddyfile:ro",
+        "edge:/var/lib/caddy",
+        "./flows:/srv/flows:ro",
+    ]
     assert edge["cap_drop"] == ["ALL"] and edge["cap_add"] == ["NET_BIND_SERVICE"]
     assert set(edge["depends_on"]) == {"auth", "api"}
 
@@ -174,8 +192,15 @@ def test_auth_runs_from_the_app_image_with_its_own_volume(
         return
     auth = doc["services"]["auth"]
     assert auth["image"] == "prefectstack-prefect:3.8.8"
-    assert auth["command"] == ["python", "-m", "prefectstack.auth", "--host", "0.0.0.0",
-                               "--port", str(stack.auth.port)]
+    assert auth["command"] == [
+        "python",
+        "-m",
+        "prefectstack.auth",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(stack.auth.port),
+    ]
     assert auth["volumes"] == ["auth:/var/lib/prefectstack/auth"]
     env = auth["environment"]
     assert env["PREFECTSTACK_ADMIN_PASSWORD"] == "${ADMIN_PASSWORD:?missing from .env}"
@@ -200,7 +225,9 @@ def test_long_running_services_are_production_shaped(
         assert svc["healthcheck"]["test"][0] in ("CMD", "CMD-SHELL"), name
         for dep, condition in svc.get("depends_on", {}).items():
             assert condition["condition"] in (
-                "service_healthy", "service_completed_successfully"), (name, dep)
+                "service_healthy",
+                "service_completed_successfully",
+            ), (name, dep)
 
 
 def test_api_waits_for_migrations_which_wait_for_the_database(
@@ -210,10 +237,12 @@ def test_api_waits_for_migrations_which_wait_for_the_database(
     for name in ("api", "api-replicas"):
         if name in services:
             assert services[name]["depends_on"]["migrate"] == {
-                "condition": "service_completed_successfully"}
+                "condition": "service_completed_successfully"
+            }
             assert "deploy" in services[name]
     assert services["migrate"]["depends_on"] == {
-        "db-init": {"condition": "service_completed_successfully"}}
+        "db-init": {"condition": "service_completed_successfully"}
+    }
     if "postgres" in services:
         assert services["db-init"]["depends_on"]["postgres"]["condition"] == "service_healthy"
 
@@ -257,10 +286,12 @@ def test_no_secret_value_in_any_rendered_file_but_env(
 def test_secrets_reach_containers_as_required_variables() -> None:
     services = render("default")[2]["services"]
     assert services["postgres"]["environment"]["POSTGRES_PASSWORD"] == (
-        "${POSTGRES_SUPERUSER_PASSWORD:?missing from .env}")
+        "${POSTGRES_SUPERUSER_PASSWORD:?missing from .env}"
+    )
     url = services["api"]["environment"]["PREFECT_SERVER_DATABASE_CONNECTION_URL"]
-    assert url == ("postgresql+asyncpg://prefect:${POSTGRES_PASSWORD:?missing from .env}"
-                   "@postgres:5432/prefect")
+    assert url == (
+        "postgresql+asyncpg://prefect:${POSTGRES_PASSWORD:?missing from .env}@postgres:5432/prefect"
+    )
 
 
 def test_shell_dollars_are_escaped_for_compose() -> None:
@@ -281,8 +312,9 @@ def test_postgres_is_tuned_pinned_and_persistent() -> None:
 def test_missing_secret_values_are_refused() -> None:
     stack = Stack(version=CURRENT_VERSION)
     with pytest.raises(ValueError, match="POSTGRES_PASSWORD"):
-        compose.render(stack, {k: v for k, v in fake_secrets(stack).items()
-                               if k != "postgres_password"})
+        compose.render(
+            stack, {k: v for k, v in fake_secrets(stack).items() if k != "postgres_password"}
+        )
 
 
 def test_dockerfile_builds_on_the_pinned_prefect_image() -> None:
@@ -302,8 +334,9 @@ def test_dockerfile_builds_on_the_pinned_prefect_image() -> None:
 
 
 def test_worker_names_may_not_clash_with_added_services() -> None:
-    stack = Stack.model_validate({"version": CURRENT_VERSION,
-                                  "workers": [{"name": "backup", "pool": "p"}]})
+    stack = Stack.model_validate(
+        {"version": CURRENT_VERSION, "workers": [{"name": "backup", "pool": "p"}]}
+    )
     with pytest.raises(ValueError, match="backup"):
         compose.render(stack, fake_secrets(stack))
 
@@ -313,10 +346,19 @@ def test_edge_publishes_https_and_http_ports() -> None:
     assert edge["ports"] == ["443:443", "443:443/udp", "80:80"]
     edge = render("default")[2]["services"]["edge"]
     # localhost: its certificate is for this machine only, so is the listener.
-    assert edge["ports"] == ["127.0.0.1:4200:4200", "127.0.0.1:4200:4200/udp",
-                             "127.0.0.1:4280:4280"]
+    assert edge["ports"] == [
+        "127.0.0.1:4200:4200",
+        "127.0.0.1:4200:4200/udp",
+        "127.0.0.1:4280:4280",
+    ]
     assert edge["healthcheck"]["test"] == [
-        "CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/api/health"]
+        "CMD",
+        "wget",
+        "-q",
+        "-O",
+        "/dev/null",
+        "http://127.0.0.1:8080/api/health",
+    ]
 
 
 def test_the_edges_secrets_live_in_env() -> None:
@@ -343,10 +385,11 @@ def test_env_file_holds_only_the_secrets_the_project_uses() -> None:
 def test_readme_key_command_creates_a_key(tmp_path: Path) -> None:
     """The README's way to add an API key runs against the auth service's store."""
     readme = render("default")[1].files["README.md"]
-    command = readme[readme.index("docker compose exec auth python -c"):]
-    code = command[command.index('"') + 1:command.index('"\n')].replace("\\\n", "")
+    command = readme[readme.index("docker compose exec auth python -c") :]
+    code = command[command.index('"') + 1 : command.index('"\n')].replace("\\\n", "")
     code = code.replace("/var/lib/prefectstack/auth", str(tmp_path))
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=60, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("pfs_")

@@ -5,10 +5,10 @@ behind the Ingress) with the auth service checking every request."""
 from __future__ import annotations
 
 import base64
-import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,22 +22,18 @@ from prefectstack.stack.model import CURRENT_VERSION, Stack
 K8S_VERSION = "1.33.0"
 STACKS: dict[str, dict[str, Any]] = {
     "default": {},
-    "three-apis": {"api": {"replicas": 3},
-                   "edge": {"host": "prefect.example.com", "https_port": 443, "http_port": 80}},
+    "three-apis": {
+        "api": {"replicas": 3},
+        "edge": {"host": "prefect.example.com", "https_port": 443, "http_port": 80},
+    },
     "no-edge": {"edge": {"enabled": False}},
     "external-postgres": {
-        "postgres": {"mode": "external",
-                     "url": "postgresql://prefect:hunter2-db@db.internal:5432/prefect"},
+        "postgres": {
+            "mode": "external",
+            "url": "postgresql://prefect:hunter2-db@db.internal:5432/prefect",
+        },
     },
 }
-
-
-def tool(name: str) -> str:
-    found = Path(sys.executable).with_name(name)
-    path = str(found) if found.exists() else shutil.which(name)
-    if path is None:
-        pytest.skip(f"{name} is not installed")
-    return path
 
 
 def fake_secrets(stack: Stack) -> dict[str, str]:
@@ -50,13 +46,19 @@ def render(name: str) -> tuple[Stack, Bundle]:
 
 
 def objects(bundle: Bundle) -> list[dict[str, Any]]:
-    return [doc for rel, text in bundle.files.items() if rel.endswith(".yaml")
-            and rel != "kustomization.yaml" for doc in yaml.safe_load_all(text) if doc]
+    return [
+        doc
+        for rel, text in bundle.files.items()
+        if rel.endswith(".yaml") and rel != "kustomization.yaml"
+        for doc in yaml.safe_load_all(text)
+        if doc
+    ]
 
 
 def find(bundle: Bundle, kind: str, name: str) -> dict[str, Any]:
-    return next(o for o in objects(bundle) if o["kind"] == kind
-                and o["metadata"]["name"].startswith(name))
+    return next(
+        o for o in objects(bundle) if o["kind"] == kind and o["metadata"]["name"].startswith(name)
+    )
 
 
 def pod(workload: dict[str, Any]) -> dict[str, Any]:
@@ -69,7 +71,9 @@ def rendered(request: pytest.FixtureRequest) -> tuple[Stack, Bundle]:
     return render(request.param)
 
 
-def test_manifests_validate_offline(tmp_path: Path, rendered: tuple[Stack, Bundle]) -> None:
+def test_manifests_validate_offline(
+    tmp_path: Path, rendered: tuple[Stack, Bundle], tool: Callable[[str], str]
+) -> None:
     files = []
     for rel, text in rendered[1].files.items():
         if rel.endswith(".yaml") and rel != "kustomization.yaml":
@@ -77,7 +81,10 @@ def test_manifests_validate_offline(tmp_path: Path, rendered: tuple[Stack, Bundl
             files.append(str(tmp_path / rel))
     result = subprocess.run(
         [tool("kubernetes-validate"), "--strict", "--quiet", "-k", K8S_VERSION, *files],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -159,15 +166,21 @@ def test_ingress_terminates_tls_in_front_of_the_edge() -> None:
 
 
 def test_edge_is_a_stateless_caddy_deployment_with_the_caddyfile_in_a_config_map(
-    tmp_path: Path,
+    tmp_path: Path, tool: Callable[[str], str]
 ) -> None:
     _, bundle = render("three-apis")
     edge = find(bundle, "Deployment", "edge")
     spec = pod(edge)
     main = spec["containers"][0]
     assert main["image"].startswith("caddy:2.")
-    assert main["args"] == ["caddy", "run", "--config", "/etc/caddy/Caddyfile",
-                            "--adapter", "caddyfile"]
+    assert main["args"] == [
+        "caddy",
+        "run",
+        "--config",
+        "/etc/caddy/Caddyfile",
+        "--adapter",
+        "caddyfile",
+    ]
     assert main["ports"] == [{"name": "main", "containerPort": 8080}]
     assert main["readinessProbe"]["httpGet"] == {"path": "/api/health", "port": 8080}
     assert main["livenessProbe"]["tcpSocket"] == {"port": "main"}  # not through to the API
@@ -189,7 +202,10 @@ def test_edge_is_a_stateless_caddy_deployment_with_the_caddyfile_in_a_config_map
     file.write_text(caddyfile)
     result = subprocess.run(
         [tool("caddy"), "adapt", "--config", str(file), "--adapter", "caddyfile"],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
 
@@ -204,7 +220,8 @@ def test_auth_keeps_its_store_on_a_volume_claim() -> None:
     assert main["readinessProbe"]["httpGet"]["path"] == "/auth/login"
     env = {e["name"]: e for e in main["env"]}
     assert env["PREFECTSTACK_ADMIN_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == (
-        "admin_password")
+        "admin_password"
+    )
     assert "$(SECRET_WORKER_API_KEY)" in env["PREFECTSTACK_SERVICE_KEYS"]["value"]
     assert find(bundle, "Service", "auth")["spec"]["ports"][0]["port"] == 14180
 
@@ -214,8 +231,7 @@ def test_clients_go_through_the_edge_and_workers_wait_for_the_pools_job() -> Non
     pools = find(bundle, "Job", "pools-")
     worker = find(bundle, "Deployment", "worker-1")
     waits = [c["command"][2:] for c in pod(worker)["initContainers"]]
-    assert waits == [["http", "http://edge:8080/api/health"],
-                     ["job", pools["metadata"]["name"]]]
+    assert waits == [["http", "http://edge:8080/api/health"], ["job", pools["metadata"]["name"]]]
     env = find(bundle, "ConfigMap", "worker-1-env")["data"]
     assert env["PREFECT_API_URL"] == "http://edge:8080/api"
     assert "PREFECT_API_SSL_CERT_FILE" not in env and "SSL_CERT_FILE" not in env
@@ -245,8 +261,10 @@ def test_job_names_change_with_their_spec() -> None:
     stack = Stack(version=CURRENT_VERSION)
     first = kubernetes.render(stack, fake_secrets(stack), image="registry/app:1")
     second = kubernetes.render(stack, fake_secrets(stack), image="registry/app:2")
-    assert find(first, "Job", "migrate-")["metadata"]["name"] != (
-        find(second, "Job", "migrate-")["metadata"]["name"])
+    assert (
+        find(first, "Job", "migrate-")["metadata"]["name"]
+        != (find(second, "Job", "migrate-")["metadata"]["name"])
+    )
 
 
 def test_wait_script_waits_for_a_tcp_port() -> None:
@@ -257,7 +275,10 @@ def test_wait_script_waits_for_a_tcp_port() -> None:
         port = server.getsockname()[1]
         result = subprocess.run(
             [sys.executable, "-c", kubernetes.WAIT_SCRIPT, "tcp", "127.0.0.1", str(port)],
-            capture_output=True, text=True, timeout=30, check=False,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
         )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("ready: tcp")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,31 +13,37 @@ import yaml
 from prefectstack.render import github_actions, systemd
 from prefectstack.stack.model import CURRENT_VERSION, Stack
 
-STACK = Stack.model_validate({"version": CURRENT_VERSION, "name": "demo",
-                              "api": {"public_url": "https://prefect.example.com"}})
+STACK = Stack.model_validate(
+    {
+        "version": CURRENT_VERSION,
+        "name": "demo",
+        "api": {"public_url": "https://prefect.example.com"},
+    }
+)
 
 
-def tool(name: str) -> str:
-    found = Path(sys.executable).with_name(name)
-    path = str(found) if found.exists() else shutil.which(name)
-    if path is None:
-        pytest.skip(f"{name} is not installed")
-    return path
-
-
-def unit(stack_file: str | None = "/srv/demo/stack.yaml", executable: str = "/opt/bin/ps"
-         ) -> str:
-    bundle = systemd.render(STACK, executable=executable, stack_file=stack_file,
-                            working_dir="/srv/demo", state_dir="/srv/demo/.prefectstack",
-                            user="prefect")
+def unit(stack_file: str | None = "/srv/demo/stack.yaml", executable: str = "/opt/bin/ps") -> str:
+    bundle = systemd.render(
+        STACK,
+        executable=executable,
+        stack_file=stack_file,
+        working_dir="/srv/demo",
+        state_dir="/srv/demo/.prefectstack",
+        user="prefect",
+    )
     return bundle.files["prefectstack-demo.service"]
 
 
 def test_systemd_unit_runs_up_with_a_restart_policy() -> None:
     lines = unit().splitlines()
-    for expected in ("ExecStart=/opt/bin/ps up -f /srv/demo/stack.yaml", "Restart=on-failure",
-                     "User=prefect", "WorkingDirectory=/srv/demo", "KillSignal=SIGTERM",
-                     "WantedBy=multi-user.target"):
+    for expected in (
+        "ExecStart=/opt/bin/ps up -f /srv/demo/stack.yaml",
+        "Restart=on-failure",
+        "User=prefect",
+        "WorkingDirectory=/srv/demo",
+        "KillSignal=SIGTERM",
+        "WantedBy=multi-user.target",
+    ):
         assert expected in lines
     assert "ExecStart=/opt/bin/ps up" in unit(stack_file=None).splitlines()
 
@@ -48,25 +54,32 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
         pytest.skip("systemd-analyze is not installed")
     file = tmp_path / "prefectstack-demo.service"
     file.write_text(unit(executable=shutil.which("true") or "/bin/true"))
-    result = subprocess.run([analyze, "verify", str(file)], capture_output=True, text=True,
-                            timeout=60, check=False)
+    result = subprocess.run(
+        [analyze, "verify", str(file)], capture_output=True, text=True, timeout=60, check=False
+    )
     assert result.returncode == 0, result.stderr
     assert "prefectstack-demo.service" not in result.stderr, result.stderr
 
 
-def test_workflow_validates_against_the_github_schema(tmp_path: Path) -> None:
+def test_workflow_validates_against_the_github_schema(
+    tmp_path: Path, tool: Callable[[str], str]
+) -> None:
     file = tmp_path / "deploy.yml"
     file.write_text(github_actions.render(STACK).files[github_actions.FILE])
     result = subprocess.run(
         [tool("check-jsonschema"), "--builtin-schema", "vendor.github-workflows", str(file)],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_workflow_builds_on_tags_then_plans_and_applies() -> None:
-    text = github_actions.render(STACK, stack_file="ops/stack.yaml", context="ops/compose"
-                                 ).files[github_actions.FILE]
+    text = github_actions.render(STACK, stack_file="ops/stack.yaml", context="ops/compose").files[
+        github_actions.FILE
+    ]
     flow = yaml.safe_load(text)
     assert flow["on"]["push"]["tags"] == ["v*"]  # quoted: YAML 1.1 would read `on` as true
     build = flow["jobs"]["image"]

@@ -1,0 +1,28 @@
+"""Shared by the render tests: the offline validators they shell out to."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+
+def find_tool(name: str) -> str:
+    """A validator installed with the test extras (next to this Python) or on PATH. Missing
+    one skips the test on a developer's machine but fails it in CI, where it must exist."""
+    found = Path(sys.executable).with_name(name)
+    path = str(found) if found.exists() else shutil.which(name)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} must be installed in CI (pip install -e '.[test]')")
+        pytest.skip(f"{name} is not installed")
+    return path
+
+
+@pytest.fixture()
+def tool() -> Callable[[str], str]:
+    return find_tool
