@@ -288,6 +288,8 @@ def _apis(stack: Stack) -> list[Service]:
             # processes registering at once on a fresh database race on uq_block_type__slug.
             env["PREFECT_SERVER_REGISTER_BLOCKS_ON_START"] = "false"
             deps.append("api-1")
+        if stack.monitoring.enabled:
+            env["PREFECT_SERVER_METRICS_ENABLED"] = "true"  # serves /api/metrics
         out.append(
             Service(
                 name=f"api-{i}",

@@ -34,6 +34,9 @@ STACKS: dict[str, dict[str, Any]] = {
         "postgres": {"mode": "external", "url": "postgresql://prefect:hunter2-db@db:5432/p"},
         "redis": {"mode": "external", "url": "redis://:hunter2-redis@cache:6379"},
     },
+    "monitoring": {"api": {"replicas": 2}, "monitoring": {"enabled": True}},
+    "monitoring-no-edge": {"edge": {"enabled": False},
+                           "monitoring": {"enabled": True, "grafana_port": 3300}},
 }
 REDIS_KEYS = set(topology.redis_env(Stack(version=CURRENT_VERSION)))
 ONE_SHOTS = {"db-init", "migrate", "pools", "examples"}
@@ -96,7 +99,8 @@ def test_only_the_edge_and_admin_tools_publish_ports(rendered: tuple[Stack, Bund
     services = doc["services"]
     publishing = {name for name, svc in services.items() if svc.get("ports")}
     front = "edge" if stack.edge.enabled else "api"
-    assert publishing == {front, "pgadmin", "redis-ui"}
+    grafana = {"grafana"} if stack.monitoring.enabled else set()
+    assert publishing == {front, "pgadmin", "redis-ui", *grafana}
     for name in ("pgadmin", "redis-ui"):
         assert services[name]["profiles"] == ["admin"]
         assert all(p.startswith("127.0.0.1:") for p in services[name]["ports"])

@@ -24,6 +24,8 @@ REDIS_IMAGE = "redis:7.4-alpine"
 CADDY_IMAGE = "caddy:2.11-alpine"
 PGADMIN_IMAGE = "dpage/pgadmin4:9.8"
 REDIS_UI_IMAGE = "redis/redisinsight:2.70.0"
+PROMETHEUS_IMAGE = "prom/prometheus:v3.5.0"  # the 3.5 long-term-support release
+GRAFANA_IMAGE = "grafana/grafana:12.1.0"
 
 # Inside the images built from our Dockerfile.
 APP_UID = 10001

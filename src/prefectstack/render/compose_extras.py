@@ -18,6 +18,12 @@ def interpolate(text: str) -> str:
         lambda piece: piece.replace("$", "$$"),
     )
 
+
+def healthcheck(command: list[str], *, start: str = "30s") -> dict[str, Any]:
+    return {"test": ["CMD", *command], "interval": "10s", "timeout": "5s", "retries": 6,
+            "start_period": start}
+
+
 BACKUP_INTERVAL_SECONDS = 86400
 BACKUP_KEEP_DAYS = 7
 

@@ -17,6 +17,7 @@ from prefectstack.stack.deployments import (
     WorkPools,
 )
 from prefectstack.stack.edge import AuthConfig, EdgeConfig
+from prefectstack.stack.monitoring import MonitoringConfig
 
 CURRENT_VERSION = 1
 WORKER_HEALTH_BASE_PORT = 18080  # worker i serves /health on this + i unless set
@@ -206,6 +207,10 @@ class Stack(Model):
     auth: AuthConfig = Field(
         default_factory=AuthConfig,  # type: ignore[arg-type]
         description="Users, roles and API keys, checked by the edge.",
+    )
+    monitoring: MonitoringConfig = Field(
+        default_factory=MonitoringConfig,  # type: ignore[arg-type]
+        description="Prometheus and Grafana (Compose only; off by default).",
     )
     work_pools: WorkPools = Field(
         default_factory=list, description="Work pools managed by `prefectstack deploy`."
