@@ -198,3 +198,20 @@ def test_short_help_flag_and_version(runner: CliRunner) -> None:
     result = runner.invoke(cli, ["--version"])
     assert result.exit_code == 0
     assert "version" in result.stdout
+
+
+def test_state_commands_work_when_the_stack_file_no_longer_loads(tmp_path: Path) -> None:
+    """`status`/`down` need only the state dir: an unset variable or a now-invalid field must
+    not leave a running stack impossible to stop."""
+    (tmp_path / "stack.yaml").write_text(
+        "version: 1\nstate_dir: my-state\npostgres:\n  mode: external\n  url: ${UNSET_VAR}\n"
+        "bogus_key: 1\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "UNSET_VAR"}
+    for args in (["status", "--json"], ["down"]):
+        result = subprocess.run([sys.executable, "-m", "prefectstack", *args], cwd=tmp_path,
+                                capture_output=True, text=True, env=env, timeout=60)
+        assert result.returncode == 0, result.stderr
+    bad = subprocess.run([sys.executable, "-m", "prefectstack", "validate"], cwd=tmp_path,
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert bad.returncode == 2  # the file itself is still reported as invalid

@@ -85,5 +85,8 @@ def test_stack_on_external_postgres(tmp_path: Path, external_pg: int) -> None:
         assert asyncio.run(inspect()) == (True, True)  # db-init and migrate did their work
         assert not (tmp_path / "state" / "data" / "pgdata").exists()
     finally:
+        # `down` needs only the state dir: it must work after the variable is gone.
         del os.environ["EXT_DB_URL"]
-        cli("down", cwd=tmp_path, check=False)
+        down = cli("down", cwd=tmp_path, check=False)
+    assert down.returncode == 0, down.stderr
+    assert "stack stopped" in down.stdout

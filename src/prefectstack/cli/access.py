@@ -15,17 +15,17 @@ from pathlib import Path
 
 from prefectstack.auth.store import Store
 from prefectstack.runtime import pgdata
-from prefectstack.stack.loader import LoadedStack, load_stack
+from prefectstack.stack.loader import load_stack
 
 
-def auth_dir(loaded: LoadedStack) -> Path:
-    return loaded.state_dir / "data" / "auth"
+def auth_dir(state_dir: Path) -> Path:
+    return state_dir / "data" / "auth"
 
 
 @contextmanager
 def open_store(stack_path: str | None) -> Iterator[Store]:
     loaded = load_stack(stack_path)
-    directory = auth_dir(loaded)
+    directory = auth_dir(loaded.state_dir)
     store = Store(directory)
     try:
         yield store

@@ -11,7 +11,7 @@ from prefectstack.auth import audit as audit_log
 from prefectstack.auth.__main__ import AUDIT_FILE
 from prefectstack.cli.access import auth_dir
 from prefectstack.cli.options import json_flag, stack_file
-from prefectstack.stack.loader import load_stack
+from prefectstack.stack.loader import locate_state_dir
 
 
 @click.command()
@@ -24,7 +24,7 @@ def audit(
     stack_path: str | None, user: str | None, since: str | None, limit: int, as_json: bool
 ) -> None:
     """Show the audit log: changes made and requests refused."""
-    path = auth_dir(load_stack(stack_path)) / AUDIT_FILE
+    path = auth_dir(locate_state_dir(stack_path)) / AUDIT_FILE
     moment = audit_log.parse_since(since) if since else None
     records = list(audit_log.read(path, user=user, since=moment))[-limit:]
     if as_json:

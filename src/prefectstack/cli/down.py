@@ -13,7 +13,7 @@ from prefectstack import console
 from prefectstack.cli.options import stack_file
 from prefectstack.errors import StackError
 from prefectstack.runtime import local, state
-from prefectstack.stack.loader import load_stack
+from prefectstack.stack.loader import locate_state_dir
 
 STOP_TIMEOUT_SECONDS = 90
 
@@ -24,8 +24,7 @@ STOP_TIMEOUT_SECONDS = 90
 @click.option("-y", "--yes", is_flag=True, help="Do not ask before deleting data.")
 def down(stack_path: str | None, volumes: bool, yes: bool) -> None:
     """Stop the stack (SIGTERM, then SIGKILL after a grace period); leave no process behind."""
-    loaded = load_stack(stack_path)
-    state_dir = loaded.state_dir
+    state_dir = locate_state_dir(stack_path)
     current = state.read(state_dir)
     if state.supervisor_alive(state_dir) and current is not None:
         _stop_supervisor(current.supervisor_pid, state_dir)

@@ -10,7 +10,7 @@ from prefectstack import console
 from prefectstack.cli.options import stack_file_long
 from prefectstack.errors import StackError
 from prefectstack.runtime.local import Layout, LogFollower, tail_lines
-from prefectstack.stack.loader import load_stack
+from prefectstack.stack.loader import locate_state_dir
 
 
 @click.command()
@@ -20,7 +20,7 @@ from prefectstack.stack.loader import load_stack
 @click.option("-n", "--lines", default=50, show_default=True, help="Lines of history per log.")
 def logs(stack_path: str | None, service: str | None, follow: bool, lines: int) -> None:
     """Show the logs of one service, or of all of them."""
-    layout = Layout(load_stack(stack_path).state_dir)
+    layout = Layout(locate_state_dir(stack_path))
     available = sorted(p.stem for p in layout.logs.glob("*.log")) if layout.logs.exists() else []
     if service and service not in available:
         raise StackError(

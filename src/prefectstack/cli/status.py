@@ -11,7 +11,7 @@ import click
 from prefectstack import console
 from prefectstack.cli.options import json_flag, stack_file
 from prefectstack.runtime import state
-from prefectstack.stack.loader import load_stack
+from prefectstack.stack.loader import locate_state_dir
 
 
 def _uptime(started: float | None, now: float) -> str:
@@ -48,8 +48,7 @@ def snapshot(state_dir: Any) -> dict[str, Any]:
 @json_flag
 def status(stack_path: str | None, as_json: bool) -> None:
     """Show whether the stack runs, and the state of each service."""
-    loaded = load_stack(stack_path)
-    data = snapshot(loaded.state_dir)
+    data = snapshot(locate_state_dir(stack_path))
     if as_json:
         console.json_out(data)
         return

@@ -97,3 +97,21 @@ def load_stack(path: str | Path | None) -> LoadedStack:
         raise StackError(f"cannot read stack file {file}: {exc.strerror}", exit_code=2) from None
     stack = parse_stack(text, os.environ, str(file))
     return LoadedStack(stack, file.resolve().parent, str(file))
+
+
+def locate_state_dir(path: str | Path | None) -> Path:
+    """Only where a stack keeps its state, for commands that act on a stack already running
+    (`down`, `status`, `logs`, `audit`): they must work even when the file no longer
+    validates or a variable it uses is unset, or a stack could not be stopped any more."""
+    if path is None and not (Path.cwd() / DEFAULT_FILE).exists():
+        return default_stack(Path.cwd()).state_dir
+    file = Path(path) if path is not None else Path.cwd() / DEFAULT_FILE
+    try:
+        data = yaml.safe_load(file.read_text())
+    except FileNotFoundError:
+        raise StackError(f"stack file not found: {file}", exit_code=2) from None
+    except (OSError, yaml.YAMLError) as exc:
+        raise StackError(f"cannot read stack file {file}: {exc}", exit_code=2) from None
+    raw = data.get("state_dir", ".prefectstack") if isinstance(data, dict) else ".prefectstack"
+    state_dir = str(interpolate(str(raw), os.environ, ("state_dir",)))
+    return (file.resolve().parent / state_dir).resolve()
