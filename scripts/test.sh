@@ -12,5 +12,6 @@ if ! command -v chromium >/dev/null 2>&1; then
     echo "note: chromium is not installed; the browser test will be skipped" >&2
   fi
 fi
-python -m pip install -q -e ".[test]"
+# -c requirements.lock: exactly the tested versions (README, "The dependency lock")
+python -m pip install -q -c requirements.lock -e ".[test]"
 exec python -m pytest "$@"

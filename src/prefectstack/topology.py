@@ -18,7 +18,14 @@ from urllib.parse import urlsplit, urlunsplit
 from prefectstack.stack.model import WORKER_HEALTH_BASE_PORT, Stack
 
 LOOPBACK = "127.0.0.1"
-DOCKET_NAME = "prefect"  # `prefect server services start` hard-codes Docket(name="prefect")
+# Every Prefect server process runs a docket worker, and a docket worker DROPS any task it did
+# not register ("Unknown task ... dropping"). `prefect server services start` hard-codes the
+# name `prefect` and registers the perpetual services (scheduler, late runs, ...); `prefect
+# server start --no-services` registers only the API's own background tasks, under
+# PREFECT_SERVER_DOCKET_NAME. Sharing one name let the API processes take and drop the
+# services' periodic tasks, so the two kinds of process get separate names.
+SERVICES_DOCKET_NAME = "prefect"
+API_DOCKET_NAME = "prefect-api"
 
 ProbeKind = Literal["pg", "redis", "http", "tcp", "alive", "exit"]
 
@@ -138,7 +145,7 @@ def redis_env(stack: Stack) -> dict[str, str]:
     }
 
 
-def server_env(stack: Stack, home: str) -> dict[str, str]:
+def server_env(stack: Stack, home: str, docket: str = SERVICES_DOCKET_NAME) -> dict[str, str]:
     """Settings shared by the migration, API and services processes."""
     return {
         "PREFECT_HOME": directory(home),
@@ -146,7 +153,7 @@ def server_env(stack: Stack, home: str) -> dict[str, str]:
         "PREFECT_SERVER_DATABASE_MIGRATE_ON_START": "false",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_LOGGING_LEVEL": stack.api.log_level,
-        "PREFECT_SERVER_DOCKET_NAME": DOCKET_NAME,
+        "PREFECT_SERVER_DOCKET_NAME": docket,
         "PREFECT_SERVER_UI_API_URL": f"{public_url(stack)}/api",
         "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
         **redis_env(stack),
@@ -157,8 +164,10 @@ def client_env(stack: Stack, home: str, key: str) -> dict[str, str]:
     """Settings for Prefect clients of the stack (workers, deployment registration).
 
     With the edge on, they go through it like any other client: HTTPS verified against the
-    stack's CA, and an API key of their own (`key` names the secret holding it). The key is
-    also a custom header because Prefect's websocket clients send no Authorization otherwise.
+    stack's CA, and an API key of their own (`key` names the secret holding it), given as
+    PREFECT_API_AUTH_STRING `<label>:<key>`: Prefect's client sends it as Basic on HTTP and,
+    unlike PREFECT_API_KEY against a non-Cloud URL, also on every websocket (in-band, as the
+    first `{"type": "auth", "token": ...}` message), which the edge's relay checks.
     """
     env = {
         "PREFECT_HOME": directory(home),
@@ -168,15 +177,16 @@ def client_env(stack: Stack, home: str, key: str) -> dict[str, str]:
     }
     if stack.edge.enabled:
         env["PREFECT_API_URL"] = f"{public_url(stack)}/api"
-        env["PREFECT_API_KEY"] = secret(key)
-        env["PREFECT_CLIENT_CUSTOM_HEADERS"] = (
-            '{"Authorization": "Bearer ' + secret(key) + '"}'
-        )
+        env["PREFECT_API_AUTH_STRING"] = f"{SERVICE_KEY_LABELS[key]}:{secret(key)}"
         if stack.edge.internal_tls:
             # Only Prefect's client trusts the stack's CA: SSL_CERT_FILE would replace the
             # system trust store for the flows too, breaking their calls to public sites.
             env["PREFECT_API_SSL_CERT_FILE"] = edge_ca_file()
     return env
+
+
+# The auth store's name for each of the stack's own keys (also the label in the auth string).
+SERVICE_KEY_LABELS = {"worker_api_key": "stack-worker", "deployer_api_key": "stack-deployer"}
 
 
 def client_deps(stack: Stack) -> tuple[str, ...]:
@@ -281,7 +291,7 @@ def _apis(stack: Stack) -> list[Service]:
     base_deps = ["migrate"] + ([] if stack.redis.mode == "external" else ["redis"])
     for i, port in enumerate(api_ports(stack), start=1):
         home = f"home-api-{i}"
-        env = server_env(stack, home)
+        env = server_env(stack, home, API_DOCKET_NAME)
         deps = list(base_deps)
         if i > 1:
             # Block types are registered once, by api-1, before the others start: several
@@ -396,9 +406,10 @@ def _examples(stack: Stack) -> list[Service]:
 def _auth(stack: Stack) -> list[Service]:
     if not stack.edge.enabled:
         return []
+    roles = {"worker_api_key": "worker", "deployer_api_key": "developer"}
     keys = [
-        {"name": "stack-worker", "role": "worker", "key": secret("worker_api_key")},
-        {"name": "stack-deployer", "role": "developer", "key": secret("deployer_api_key")},
+        {"name": SERVICE_KEY_LABELS[name], "role": role, "key": secret(name)}
+        for name, role in roles.items()
     ]
     return [
         Service(
@@ -412,6 +423,10 @@ def _auth(stack: Stack) -> list[Service]:
                 "PREFECTSTACK_SESSION_HOURS": str(stack.auth.session_hours),
                 "PREFECTSTACK_ADMIN_PASSWORD": secret("admin_password"),
                 "PREFECTSTACK_SERVICE_KEYS": json.dumps(keys),
+                # The websocket relay's upstreams: the API processes, tried in turn.
+                "PREFECTSTACK_API_UPSTREAMS": " ".join(
+                    f"{LOOPBACK}:{p}" for p in api_ports(stack)
+                ),
             },
             ports=(stack.auth.port,),
             volumes=("auth",),

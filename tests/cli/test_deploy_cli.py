@@ -74,7 +74,7 @@ def test_the_joined_worker_gets_a_clean_prefect_environment(
     assert prefect == {
         "PREFECT_HOME": str(tmp_path / "home"),
         "PREFECT_API_URL": "https://stack.example/api",
-        "PREFECT_API_KEY": "k",
+        "PREFECT_API_AUTH_STRING": "home:k",  # websockets carry only the auth string
         "PREFECT_API_SSL_CERT_FILE": str(ca.resolve()),
         "PREFECT_WORKER_WEBSERVER_HOST": "127.0.0.1",
         "PREFECT_WORKER_WEBSERVER_PORT": "8123",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -103,3 +104,42 @@ def stack_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     (root / "ports.json").write_text(json.dumps(ports))
     yield root
     cli("down", cwd=root, check=False, timeout=120)
+
+
+# -- logs are evidence ------------------------------------------------------------------------
+
+# A log record starts with a time stamp (Prefect: `13:37:55.522 | ERROR   | ...`, PostgreSQL:
+# `2026-11-29 13:36:05.423 UTC [14298] ERROR:  ...`); continuation lines (tracebacks) belong
+# to the record above them.
+_RECORD_START = re.compile(r"^(\d{4}-\d\d-\d\d )?\d\d:\d\d:\d\d")
+_PROBLEM = re.compile(r"\| (ERROR|CRITICAL) +\||\] (ERROR|FATAL|PANIC): |^Traceback |Unknown task")
+
+# Lines that are expected in a healthy stack, each with why. Anything else at ERROR level, any
+# traceback and any `Unknown task` fails the test that scans the logs.
+ALLOWED_LOG_PROBLEMS: tuple[tuple[str, str], ...] = (
+    # Prefect creates work pools and block types "if missing" by inserting and answering 409
+    # on the unique violation (the `pools` one-shot and the worker race for the same pool).
+    ("postgres", r"ERROR:  duplicate key value violates unique constraint"),
+    ("postgres", r"^DETAIL:  Key \(name\)="),
+    ("postgres", r"^STATEMENT:  INSERT INTO"),
+)
+
+
+def log_problems(logs_dir: Path, allowed: tuple[tuple[str, str], ...] = ()) -> list[str]:
+    """Every unexpected ERROR record, traceback and `Unknown task` line in the stack's logs.
+
+    `allowed` adds (service, regex) pairs to ALLOWED_LOG_PROBLEMS for one test's deliberate
+    failures; a regex matches the record's first line (its traceback is allowed with it).
+    `Unknown task` is never allowed: it means a docket worker dropped a task.
+    """
+    rules = [(svc, re.compile(rx)) for svc, rx in (*ALLOWED_LOG_PROBLEMS, *allowed)]
+    problems: list[str] = []
+    for path in sorted(logs_dir.glob("*.log")):
+        service = path.stem
+        record_allowed = False
+        for line in path.read_text(errors="replace").splitlines():
+            if _RECORD_START.match(line) or line.startswith(("DETAIL:", "STATEMENT:", "---")):
+                record_allowed = any(svc == service and rx.search(line) for svc, rx in rules)
+            if "Unknown task" in line or (_PROBLEM.search(line) and not record_allowed):
+                problems.append(f"{path.name}: {line[:300]}")
+    return problems

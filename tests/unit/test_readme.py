@@ -40,3 +40,4 @@ def test_ci_runs_the_readme_test_command() -> None:
 def test_readme_install_command_runs_up() -> None:
     match = re.search(r"<!-- install-command -->\s*```(?:sh|bash)?\n(.+?)\n```", README, re.S)
     assert match and "prefectstack up" in match.group(1)
+    assert "pip install -c requirements.lock -e ." in match.group(1), "install the tested lock"

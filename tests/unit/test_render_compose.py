@@ -119,15 +119,15 @@ def test_clients_reach_the_api_only_through_the_edge(
         return
     assert services["edge"]["networks"] == ["frontend", "backend"]
     keys = {
-        "pools": "DEPLOYER_API_KEY",
-        "worker-1": "WORKER_API_KEY",
-        "examples": "DEPLOYER_API_KEY",
+        "pools": "stack-deployer:${DEPLOYER_API_KEY",
+        "worker-1": "stack-worker:${WORKER_API_KEY",
+        "examples": "stack-deployer:${DEPLOYER_API_KEY",
     }
     for name in CLIENTS:
         env = services[name]["environment"]
         assert services[name]["networks"] == ["frontend"], name
         assert env["PREFECT_API_URL"] == "http://edge:8080/api", name
-        assert env["PREFECT_API_KEY"] == "${" + keys[name] + ":?missing from .env}", name
+        assert env["PREFECT_API_AUTH_STRING"] == keys[name] + ":?missing from .env}", name
         # Plain HTTP inside: no CA file to point at (it would not exist in the container).
         assert "PREFECT_API_SSL_CERT_FILE" not in env and "SSL_CERT_FILE" not in env, name
         assert services[name]["depends_on"]["edge"]["condition"] == "service_healthy"

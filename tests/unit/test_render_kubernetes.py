@@ -219,7 +219,10 @@ def test_clients_go_through_the_edge_and_workers_wait_for_the_pools_job() -> Non
     env = find(bundle, "ConfigMap", "worker-1-env")["data"]
     assert env["PREFECT_API_URL"] == "http://edge:8080/api"
     assert "PREFECT_API_SSL_CERT_FILE" not in env and "SSL_CERT_FILE" not in env
-    key = next(e for e in pod(worker)["containers"][0]["env"] if e["name"] == "PREFECT_API_KEY")
+    env_vars = {e["name"]: e for e in pod(worker)["containers"][0]["env"]}
+    auth = env_vars["PREFECT_API_AUTH_STRING"]
+    assert auth["value"] == "stack-worker:$(SECRET_WORKER_API_KEY)"
+    key = env_vars["SECRET_WORKER_API_KEY"]
     assert key["valueFrom"]["secretKeyRef"]["key"] == "worker_api_key"
 
 

@@ -93,8 +93,13 @@ def test_extra_apis_wait_for_the_first_and_skip_block_registration() -> None:
 def test_every_server_process_agrees(data: dict[str, Any]) -> None:
     procs = servers(build(**data))
     assert {p.name for p in procs} >= {"migrate", "api-1"}
-    docket_names = {p.env["PREFECT_SERVER_DOCKET_NAME"] for p in procs}
-    assert len(docket_names) == 1
+    # API processes share one docket name, never the services process's hard-coded
+    # `prefect`: a docket worker drops tasks it did not register.
+    apis = {p.env["PREFECT_SERVER_DOCKET_NAME"] for p in procs if p.name.startswith("api-")}
+    assert apis == {topology.API_DOCKET_NAME} != {topology.SERVICES_DOCKET_NAME}
+    for p in procs:
+        if p.argv[:4] == ("prefect", "server", "services", "start"):
+            assert p.env["PREFECT_SERVER_DOCKET_NAME"] == topology.SERVICES_DOCKET_NAME
     for p in procs:
         assert p.env["PREFECT_SERVER_DATABASE_MIGRATE_ON_START"] == "false", p.name
         assert p.env["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false", p.name
@@ -232,7 +237,9 @@ def test_workers() -> None:
         # the pool (a worker key may not).
         assert w.depends_on == ("edge", "pools")
         assert w.env["PREFECT_API_URL"] == "https://localhost:4200/api"
-        assert w.env["PREFECT_API_KEY"] == "${secret.worker_api_key}"
+        # An auth string, not PREFECT_API_KEY: Prefect's websockets carry only the former.
+        assert w.env["PREFECT_API_AUTH_STRING"] == "stack-worker:${secret.worker_api_key}"
+        assert "PREFECT_API_KEY" not in w.env
         assert w.env["PREFECT_API_SSL_CERT_FILE"].startswith("${dir.edge}/")
         assert w.probe.kind == "http" and w.probe.path == "/health"
     no_edge = topology.build(stack(edge={"enabled": False}, workers=[{"name": "a", "pool": "p"}]))
@@ -240,6 +247,7 @@ def test_workers() -> None:
     assert direct.depends_on == ("api-1", "pools")
     assert direct.env["PREFECT_API_URL"] == "http://127.0.0.1:14200/api"
     assert "PREFECT_API_KEY" not in direct.env
+    assert "PREFECT_API_AUTH_STRING" not in direct.env
     assert services["examples"].env["PREFECTSTACK_EXAMPLES_POOL"] == "p1"
 
 

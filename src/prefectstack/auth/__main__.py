@@ -49,11 +49,13 @@ def main() -> None:
         session_seconds=float(os.environ.get("PREFECTSTACK_SESSION_HOURS", "12")) * 3600,
         public_origin=public,
     )
-    app = create_app(store, AuditLog(directory / AUDIT_FILE), Throttle(), config)
+    upstreams = os.environ.get("PREFECTSTACK_API_UPSTREAMS", "").split()
+    app = create_app(store, AuditLog(directory / AUDIT_FILE), Throttle(), config,
+                     api_upstreams=upstreams)
+    # Websockets: the relay for Prefect's websockets (forward_auth's own checks of a
+    # handshake arrive without their Upgrade header, as plain HTTP).
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False,
-                # Never a websocket: forward_auth checks of websocket handshakes are plain
-                # HTTP requests and must not be upgraded.
-                ws="none")
+                ws="websockets" if upstreams else "none")
 
 
 if __name__ == "__main__":

@@ -8,20 +8,21 @@ sign-in page for a browser navigation), 403 or 429 is sent back to the client by
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qs, quote
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from prefectstack.auth import credentials as creds
 from prefectstack.auth.audit import AuditLog, Record, now_iso
 from prefectstack.auth.pages import CONTENT_SECURITY_POLICY, login_page
 from prefectstack.auth.policy import decide, split_uri
+from prefectstack.auth.relay import Relay, Upstreams
 from prefectstack.auth.store import SESSION_SECONDS, Identity, Store
 from prefectstack.auth.throttle import Throttle
 
@@ -65,7 +66,7 @@ class AuthService:
 
     def _record(
         self,
-        request: Request,
+        request: HTTPConnection,
         *,
         method: str,
         path: str,
@@ -100,7 +101,7 @@ class AuthService:
             request, method="POST", path=path, status=status, identity=identity, reason=reason
         )
 
-    def _client(self, request: Request) -> str:
+    def _client(self, request: HTTPConnection) -> str:
         peer = request.client.host if request.client else None
         return creds.client_address(request.headers, peer, self.config.trust_forwarded)
 
@@ -296,13 +297,20 @@ def create_app(
     config: AuthConfig | None = None,
     *,
     clock: Callable[[], float] = time.time,
+    api_upstreams: Sequence[str] = (),
+    recheck_seconds: float | None = None,
 ) -> Starlette:
+    """The auth service; with `api_upstreams` (the API processes' `host:port`) also the
+    websocket relay that Caddy sends Prefect's websocket upgrades under /api/ to."""
     service = AuthService(store, audit, throttle, config or AuthConfig(), clock)
-    return Starlette(
-        routes=[
-            Route("/auth/verify", service.verify, methods=["GET"]),
-            Route(LOGIN_PATH, service.login_form, methods=["GET"]),
-            Route(LOGIN_PATH, service.login, methods=["POST"]),
-            Route("/auth/logout", service.logout, methods=["POST"]),
-        ]
-    )
+    routes: list[BaseRoute] = [
+        Route("/auth/verify", service.verify, methods=["GET"]),
+        Route(LOGIN_PATH, service.login_form, methods=["GET"]),
+        Route(LOGIN_PATH, service.login, methods=["POST"]),
+        Route("/auth/logout", service.logout, methods=["POST"]),
+    ]
+    if api_upstreams:
+        relay = Relay(service, Upstreams(api_upstreams),
+                      *(() if recheck_seconds is None else (recheck_seconds,)))
+        routes.append(WebSocketRoute("/api/{path:path}", relay.handle))
+    return Starlette(routes=routes)

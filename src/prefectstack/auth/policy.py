@@ -129,6 +129,11 @@ def render_markdown(rules: Sequence[Rule] = RULES) -> str:
         "cookie from `/auth/login`. Only `/api/health`, `/api/ready` and the sign-in pages "
         "answer without them; the UI itself needs a signed-in person.",
         "",
+        "Websockets (`GET` rows marked websocket) are checked by the edge's relay with the same "
+        "rows: Prefect's client authenticates them in-band (first message `{\"type\": "
+        "\"auth\", \"token\": ...}`, the token being a key, `<label>:<key>` or "
+        "`<user>:<password>`), or by the handshake's Authorization header or session cookie.",
+        "",
         "| method | path | minimum role | kind | worker | note |",
         "|---|---|---|---|---|---|",
     ]

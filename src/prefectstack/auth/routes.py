@@ -200,7 +200,8 @@ _ROWS: list[tuple[str, str, Access, Kind, bool, str]] = [
     ("GET", "/api/task_runs/{id}", V, R, WK, ""),
     ("DELETE", "/api/task_runs/{id}", D, W, False, ""),
     ("POST", "/api/task_runs/{id}/set_state", D, T, WK, ""),
-    ("GET", "/api/task_runs/subscriptions/scheduled", D, T, False, "websocket: task workers"),
+    ("GET", "/api/task_runs/subscriptions/scheduled", D, T, WK,
+     "websocket: task workers (`prefect task serve`)"),
     ("POST", "/api/task_workers/filter", V, R, False, ""),
     ("POST", "/api/templates/validate", D, R, False, "renders templates"),
     # -- UI helpers (all reads)
@@ -245,7 +246,7 @@ _ROWS: list[tuple[str, str, Access, Kind, bool, str]] = [
     ("POST", "/api/work_queues/filter", V, R, False, ""),
     ("GET", "/api/work_queues/name/{name}", V, R, False, ""),
     ("PATCH", "/api/work_queues/{id}", D, W, False, ""),
-    ("GET", "/api/work_queues/{id}", V, R, False, ""),
+    ("GET", "/api/work_queues/{id}", V, R, WK, "flow runs name their queue in events"),
     ("DELETE", "/api/work_queues/{id}", D, W, False, ""),
     ("POST", "/api/work_queues/{id}/concurrency_status", V, R, False, ""),
     ("POST", "/api/work_queues/{id}/get_runs", D, T, False, "agent-style poll"),

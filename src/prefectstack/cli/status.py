@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import click
 
 from prefectstack import console
 from prefectstack.cli.options import json_flag, stack_file
-from prefectstack.runtime import state
+from prefectstack.runtime import service_health, state
+from prefectstack.runtime.local import Layout
 from prefectstack.stack.loader import locate_state_dir
+
+# The process running `prefect server services start` (topology.py names it so): alive and
+# passing its probe even while every loop in it fails, so its log is read as well.
+SERVICES_PROCESS = "services"
+_LIVE_STATES = ("starting", "ready")
 
 
 def _uptime(started: float | None, now: float) -> str:
@@ -23,8 +31,20 @@ def _uptime(started: float | None, now: float) -> str:
     return f"{secs // 60}m{secs % 60:02d}s"
 
 
-def _health(value: bool | None) -> str:
+def _health(svc: dict[str, Any]) -> str:
+    if svc["degraded"]:
+        return "degraded"
+    value: bool | None = svc["healthy"]
     return {True: "healthy", False: "unhealthy", None: "-"}[value]
+
+
+def _check_services_log(svc: dict[str, Any], state_dir: Path) -> None:
+    """Mark the services process degraded when its log shows loops failing again and again."""
+    now = datetime.now()
+    log_path = Layout(state_dir).log(SERVICES_PROCESS)
+    health = service_health.assess(service_health.read_tail(log_path, now), now)
+    svc["degraded"] = health.degraded
+    svc["detail"] = health.describe()
 
 
 def snapshot(state_dir: Any) -> dict[str, Any]:
@@ -38,8 +58,11 @@ def snapshot(state_dir: Any) -> dict[str, Any]:
     if not alive:
         data["phase"] = "stale"
     for svc in data["services"]:
+        svc["degraded"], svc["detail"] = False, ""
         if svc["pid"] and not state.same_process(svc["pid"], svc["pid_started"]):
             svc["state"] = "gone"
+        if alive and svc["name"] == SERVICES_PROCESS and svc["state"] in _LIVE_STATES:
+            _check_services_log(svc, Path(state_dir))
     return data
 
 
@@ -67,11 +90,14 @@ def status(stack_path: str | None, as_json: bool) -> None:
         [
             s["name"], s["kind"], s["state"], str(s["pid"] or "-"),
             _uptime(s["started_at"], now) if s["pid"] else "-",
-            str(s["restarts"]), _health(s["healthy"]),
+            str(s["restarts"]), _health(s),
         ]
         for s in data["services"]
     ]
     console.table(["service", "kind", "state", "pid", "uptime", "restarts", "health"], rows)
+    for s in data["services"]:
+        if s["detail"]:
+            console.out(f"  {s['name']}: {s['detail']}")
 
 
 COMMANDS = [status]

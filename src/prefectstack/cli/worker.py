@@ -72,10 +72,17 @@ def worker_env(target: prefect_api.Target, home: Path, health_port: int) -> dict
         "PYTHONUNBUFFERED": "1",
     }
     if target.api_key:
-        env["PREFECT_API_KEY"] = target.api_key
+        # As an auth string (`<label>:<key>`), not PREFECT_API_KEY: against a self-hosted
+        # URL Prefect's websockets (events, cancellation, logs) carry only the auth string.
+        env["PREFECT_API_AUTH_STRING"] = f"{_label(home)}:{target.api_key}"
     if target.ca_file:
         env["PREFECT_API_SSL_CERT_FILE"] = str(Path(target.ca_file).resolve())
     return env
+
+
+def _label(home: Path) -> str:
+    """The user part of the auth string: only a label when the secret is a key."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", home.name) or "worker"
 
 
 def _api_url(server: str) -> str:

@@ -164,6 +164,20 @@ def _routes(proxy: str, auth: str, flows_dir: str, *, client_ip: bool) -> str:
 \t\trespond 404
 \t}}
 
+\t# Prefect's websockets authenticate in-band (a first {{"type": "auth"}} message) that
+\t# forward_auth never sees: the auth service's relay checks it and the role, then relays
+\t# the frames to an API process.
+\t@websockets {{
+\t\tpath /api/*
+\t\theader Connection *Upgrade*
+\t\theader Upgrade websocket
+\t}}
+\thandle @websockets {{
+\t\treverse_proxy {auth} {{
+\t\t\tflush_interval -1
+{real_ip}\t\t}}
+\t}}
+
 \thandle {{
 \t\trequest_header -X-Prefectstack-User
 \t\trequest_header -X-Prefectstack-Role
@@ -179,8 +193,8 @@ def _routes(proxy: str, auth: str, flows_dir: str, *, client_ip: bool) -> str:
 \t\t\troot * {flows_dir}
 \t\t\tfile_server browse
 \t\t}}
-\t\t# Websockets (/api/events/in, /api/logs/out, task-run subscriptions) pass through:
-\t\t# reverse_proxy upgrades the connection and streams in both directions.
+\t\t# A websocket that passed this check without the relay (a browser's over HTTP/2,
+\t\t# with its session cookie) still streams in both directions.
 \t\thandle {{
 \t\t{proxy}
 \t\t}}

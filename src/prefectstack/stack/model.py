@@ -168,7 +168,7 @@ class ExamplesConfig(Model):
         None, description="Work pool for the examples (default: the first worker's pool)."
     )
     interval_seconds: int = Field(
-        3600, ge=60, description="Interval schedule of the hello deployment, in seconds."
+        3600, ge=5, description="Interval schedule of the hello deployment, in seconds."
     )
 
 
