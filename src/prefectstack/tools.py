@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
+
+import psutil
 
 from prefectstack.errors import StackError
 
@@ -75,12 +78,25 @@ class Process:
         return self._popen.poll()
 
     def send(self, sig: int) -> None:
+        # Prefect starts flow runs in sessions of their own (so a group-wide signal cannot
+        # race the worker): signal every descendant too, or `down` leaves them running. A
+        # flow run that gets SIGTERM reports itself Crashed instead of staying Running.
+        for child in _descendants(self.pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(child, sig)
         try:
             os.killpg(self.pid, sig)
         except ProcessLookupError:
             pass
         except PermissionError:
             os.kill(self.pid, sig)
+
+
+def _descendants(pid: int) -> list[int]:
+    try:
+        return [p.pid for p in psutil.Process(pid).children(recursive=True)]
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return []
 
 
 def spawn(

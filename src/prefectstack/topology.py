@@ -78,6 +78,9 @@ class Service:
     # Files the backend writes (mode 0600) before start; content may hold placeholders.
     files: dict[str, str] = field(default_factory=dict)
     ready_timeout_seconds: float = 120.0
+    # False for a service the rest of the stack does not need (a worker): when it crash-loops
+    # the supervisor gives up on it alone and keeps everything else running, reporting it.
+    essential: bool = True
 
 
 def secret(name: str) -> str:
@@ -156,6 +159,7 @@ def server_env(stack: Stack, home: str, docket: str = SERVICES_DOCKET_NAME) -> d
         "PREFECT_SERVER_DOCKET_NAME": docket,
         "PREFECT_SERVER_UI_API_URL": f"{public_url(stack)}/api",
         "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
+        **stack.api.settings,
         **redis_env(stack),
     }
 
@@ -347,6 +351,7 @@ def _workers(stack: Stack) -> list[Service]:
         env = client_env(stack, home, "worker_api_key") | {
             "PREFECT_WORKER_WEBSERVER_HOST": LOOPBACK,
             "PREFECT_WORKER_WEBSERVER_PORT": str(port),
+            "PREFECT_WORKER_QUERY_SECONDS": f"{worker.poll_seconds:g}",
         }
         out.append(
             Service(
@@ -359,6 +364,7 @@ def _workers(stack: Stack) -> list[Service]:
                 # `pools` creates the work pool first: a worker key may not create one.
                 depends_on=(*client_deps(stack), "pools"),
                 probe=Probe("http", port=port, path="/health"),
+                essential=False,
             )
         )
     return out

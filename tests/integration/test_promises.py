@@ -82,6 +82,9 @@ class Stack:
             "PREFECT_API_AUTH_STRING": f"{role}:{self.keys[role]}",
             "PREFECT_API_SSL_CERT_FILE": self.ca,
             "PREFECT_HOME": str(home),
+            # Background tasks hand their parameters and results over through storage that
+            # the caller and the task worker share (Prefect's default is per PREFECT_HOME).
+            "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(self.root / "shared-results"),
             "PYTHONPATH": str(self.root),
         }
 
@@ -208,8 +211,16 @@ def stack(request: pytest.FixtureRequest,
     ports = {k: free_port() for k in ("pg", "redis", "api", "worker", "https", "http", "auth")}
     # The bundled hello example on a short interval: the scheduler must create its runs.
     text = stack_yaml(**ports).replace("interval_seconds: 3600", "interval_seconds: 20")
-    text = text.replace(f"api:\n  port: {ports['api']}\n",
-                        f"api:\n  port: {ports['api']}\n  replicas: {replicas}\n")
+    # Two API processes in the second round; a deployment waiting for its concurrency slot is
+    # retried after 2 s instead of 30 (a server setting, passed through `api.settings`).
+    text = text.replace(f"api:\n  port: {ports['api']}\n", f"""api:
+  port: {ports['api']}
+  replicas: {replicas}
+  settings:
+    PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS: "2"
+""")
+    # The worker asks for due runs every 2 s (Prefect's default is 10).
+    text = text.replace("    limit: 4\n", "    limit: 4\n    poll_seconds: 2\n")
     (root / "stack.yaml").write_text(text)
     (root / "ports.json").write_text(json.dumps(ports))
     shutil.copy(FLOWS, root / "promises_flows.py")
@@ -232,6 +243,20 @@ def stack(request: pytest.FixtureRequest,
 
 
 # -- schedules --------------------------------------------------------------------------------
+
+
+def test_services_process_restarts_after_kill_9(stack: Stack) -> None:
+    """Killed first, so every schedule below proves the restarted process's loops run (its
+    docket worker re-registers the perpetual services; the API processes drop none)."""
+    before = next(s for s in status(stack.root)["services"] if s["name"] == "services")
+    os.kill(before["pid"], signal.SIGKILL)
+
+    def restarted() -> dict[str, Any] | None:
+        now = next(s for s in status(stack.root)["services"] if s["name"] == "services")
+        return now if now["pid"] != before["pid"] and now["state"] == "ready" else None
+
+    after = wait_for(restarted, stack.wait(60), "the services process to come back")
+    assert after["restarts"] == before["restarts"] + 1
 
 
 def test_interval_schedule_creates_and_completes_runs_on_time(stack: Stack) -> None:
@@ -381,7 +406,7 @@ from prefect.flow_runs import resume_flow_run
 resume_flow_run({run_id!r})
 """)
     assert stack.finished(run_id)["state"]["type"] == "COMPLETED"
-    assert "resumed" in stack.logs(run_id)
+    wait_for(lambda: "resumed" in stack.logs(run_id), stack.wait(60), "the run's log line", 1)
 
 
 # -- serve and background tasks ----------------------------------------------------------------
@@ -486,7 +511,8 @@ def test_retries_happen(stack: Stack) -> None:
     marker = stack.root / f"flaky-{time.time_ns()}"
     run_id = stack.run("flaky/flaky", {"marker": str(marker)})
     assert stack.finished(run_id)["state"]["type"] == "COMPLETED"
-    tasks = wait_for(lambda: (t := stack.task_runs(run_id)) and t[0]["run_count"] >= 2 and t,
+    tasks = wait_for(lambda: (t := stack.task_runs(run_id)) and t[0]["run_count"] >= 2
+                     and t[0]["state"]["type"] == "COMPLETED" and t,
                      stack.wait(60), "the retried task run", 1)
     assert tasks[0]["state"]["type"] == "COMPLETED" and tasks[0]["run_count"] == 2
 
@@ -604,7 +630,8 @@ def test_services_are_healthy_and_no_log_shows_a_problem(stack: Stack) -> None:
     data = status(stack.root)
     services = {s["name"]: s for s in data["services"]}
     assert not services["services"].get("degraded"), services["services"]
-    assert all(s["restarts"] == 0 for s in data["services"]), data["services"]
+    # Only the services process was restarted, once, on purpose.
+    assert all(s["restarts"] == (s["name"] == "services") for s in data["services"]), data
     problems = log_problems(stack.root / "state" / "logs", ALLOWED)
     assert not problems, "\n".join(problems[:40])
 

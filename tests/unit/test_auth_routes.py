@@ -245,6 +245,10 @@ WORKER_CALLS = {
     ("POST", "/api/v2/concurrency_limits/leases/{lease_id}/renew"),
     ("GET", "/api/v2/concurrency_limits/{id_or_name}"),
     ("GET", "/flows/{file:path}"),
+    # events name the run's work queue (prefect.events.related); found by the conformance suite
+    ("GET", "/api/work_queues/{id}"),
+    # `prefect task serve`: the subscription, and deleting a run it cannot submit
+    ("GET", "/api/task_runs/subscriptions/scheduled"), ("DELETE", "/api/task_runs/{id}"),
 }  # fmt: skip
 
 

@@ -465,3 +465,68 @@ def test_tick_after_stopped_is_a_no_op() -> None:
     rig.tick(3)
     assert rig.launcher.started == ["api"] and rig.sup.phase == "stopped"
     assert rig.sup.events == events
+
+
+# -- one failing service never takes down the rest ------------------------------------------
+
+
+def test_a_crash_looping_worker_fails_alone_and_the_rest_keeps_running() -> None:
+    policy = RestartPolicy(backoff_seconds=1, max_restarts=1, window_seconds=120)
+    rig = Rig([daemon("db", stop_signal="SIGINT"), daemon("api", "db"),
+               daemon("worker", "api", restart=policy, essential=False)])
+    rig.prober.ready.update({"db", "api", "worker"})
+    rig.tick(4)
+    assert rig.sup.phase == "ready"
+    crash_and_measure_delay(rig, "worker")
+    rig.launcher.proc("worker").exit(1)  # second failure: more than 1
+    rig.tick()
+    assert rig.state("worker") == "failed"
+    assert rig.sup.phase == "ready", "the database and the API stay up"
+    assert "worker" in rig.sup.message and "the rest keeps running" in rig.sup.message
+    assert rig.launcher.proc("db").signals == [] and rig.launcher.proc("api").signals == []
+    rig.clock.advance(300)
+    rig.tick(3)
+    assert rig.launcher.started.count("worker") == 2, "a failed unit is not restarted"
+    rig.sup.begin_stop()
+    rig.tick(4)
+    assert rig.sup.done and rig.state("worker") == "failed"
+
+
+def test_stack_becomes_ready_beside_a_worker_that_never_starts() -> None:
+    rig = Rig([daemon("api"),
+               daemon("worker", "api", essential=False, restart=RestartPolicy(enabled=False))])
+    rig.prober.ready.add("api")
+    rig.tick(2)
+    rig.launcher.proc("worker").exit(2)
+    rig.tick()
+    assert rig.state("worker") == "failed" and rig.sup.phase == "ready"
+
+
+class RefusingLauncher(FakeLauncher):
+    """`Popen` failing, e.g. PermissionError on an interpreter in a 0700 directory."""
+
+    def __init__(self, refuse: str) -> None:
+        super().__init__()
+        self.refuse = refuse
+
+    def start(self, svc: Service) -> FakeProc:
+        if svc.name == self.refuse:
+            raise PermissionError(13, "Permission denied", "/root/venv/bin/python3")
+        return super().start(svc)
+
+
+def test_a_program_that_cannot_be_started_is_a_failure_not_a_crash() -> None:
+    services = [daemon("db", stop_signal="SIGINT"),
+                daemon("api", "db", restart=RestartPolicy(backoff_seconds=1, max_restarts=1))]
+    clock = FakeClock()
+    launcher = RefusingLauncher("api")
+    prober = FakeProber()
+    prober.ready.add("db")
+    sup = Supervisor(services, launcher, prober, clock)
+    for _ in range(3):
+        sup.tick()  # never raises
+        clock.advance(5)
+    assert sup.units["api"].state == "failed" and sup.phase == "failed"
+    assert "could not start" in sup.message and "Permission denied" in sup.message
+    sup.tick()
+    assert launcher.proc("db").signals == [SIGINT], "what did start is stopped, not orphaned"

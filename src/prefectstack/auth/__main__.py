@@ -55,7 +55,7 @@ def main() -> None:
     # Websockets: the relay for Prefect's websockets (forward_auth's own checks of a
     # handshake arrive without their Upgrade header, as plain HTTP).
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False,
-                ws="websockets" if upstreams else "none")
+                ws="websockets-sansio" if upstreams else "none")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from prefectstack.errors import StackError
 from prefectstack.topology import Service
 
 UnitState = Literal[
@@ -96,7 +97,10 @@ class Supervisor:
             self._advance(self.units[name], now)
             if self.phase not in ("starting", "ready"):
                 return self._tick_stop()
-        if self.phase == "starting" and all(u.satisfied for u in self.units.values()):
+        if self.phase == "starting" and all(
+            u.satisfied or (u.state == "failed" and not u.svc.essential)
+            for u in self.units.values()
+        ):
             self.phase = "ready"
             self._event("stack ready")
 
@@ -137,12 +141,18 @@ class Supervisor:
         unit.failures = [t for t in unit.failures if now - t < policy.window_seconds] + [now]
         if not policy.enabled or len(unit.failures) > policy.max_restarts:
             unit.state = "failed"
-            self.phase = "failed"
-            self.message = (
-                f"{unit.svc.name} {why}; gave up after {len(unit.failures)} failures "
-                f"in {policy.window_seconds:.0f}s"
-            )
-            self._event(self.message)
+            unit.healthy = False
+            gave_up = (f"{unit.svc.name} {why}; gave up after {len(unit.failures)} failures "
+                       f"in {policy.window_seconds:.0f}s")
+            if unit.svc.essential:
+                self.phase = "failed"
+                self.message = gave_up
+            else:
+                # Like systemd or Kubernetes: one failed worker is reported, not allowed to
+                # take the database, the API and the other workers down with it.
+                failed = [n for n, u in self.units.items() if u.state == "failed"]
+                self.message = f"{gave_up}; the rest keeps running (failed: {', '.join(failed)})"
+            self._event(self.message if unit.svc.essential else gave_up)
             return
         delay = min(
             policy.backoff_seconds * 2 ** (len(unit.failures) - 1), policy.max_backoff_seconds
@@ -180,7 +190,15 @@ class Supervisor:
         return all(self.units[d].satisfied for d in svc.depends_on)
 
     def _start(self, unit: Unit, now: float) -> None:
-        unit.proc = self.launcher.start(unit.svc)
+        try:
+            unit.proc = self.launcher.start(unit.svc)
+        except (OSError, StackError) as exc:
+            # e.g. a program the service's OS user may not execute: a failed start, retried
+            # and given up on like a crash, never an exception that leaves the rest orphaned.
+            unit.proc = None
+            self._event(f"{unit.svc.name} could not start: {exc}")
+            self._failed(unit, now, f"could not start ({exc})")
+            return
         unit.state = "starting"
         unit.started_at = now
         unit.healthy = None

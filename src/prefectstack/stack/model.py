@@ -28,6 +28,17 @@ Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,39}$")]
 RESERVED_PG_SETTINGS = ("listen_addresses", "port", "unix_socket_directories")
 
 
+# Prefect server settings prefectstack owns (database, Redis, docket, listeners, URLs): a stack
+# file that overrode one would silently break the wiring the platform's promises rest on.
+RESERVED_SERVER_SETTING_PREFIXES = (
+    "PREFECT_HOME", "PREFECT_API_", "PREFECT_SERVER_DATABASE_", "PREFECT_SERVER_DOCKET_",
+    "PREFECT_REDIS_", "PREFECT_SERVER_EVENTS_MESSAGING_", "PREFECT_SERVER_EVENTS_CAUSAL_",
+    "PREFECT_SERVER_CONCURRENCY_LEASE_", "PREFECT_SERVER_WORKER_CHANNEL_",
+    "PREFECT_SERVER_API_", "PREFECT_SERVER_UI_API_URL", "PREFECT_SERVER_ANALYTICS_",
+    "PREFECT_SERVER_REGISTER_BLOCKS_", "PREFECT_SERVER_METRICS_",
+)
+
+
 class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -138,6 +149,25 @@ class ApiConfig(Model):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "WARNING", description="Server log level."
     )
+    settings: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "Extra Prefect server settings (`PREFECT_SERVER_...: value`) for every server process "
+            "(API, services, migrations), e.g. `PREFECT_SERVER_SERVICES_LATE_RUNS_AFTER_SECONDS`. "
+            "Settings prefectstack wires itself (database, Redis, docket, listeners) are refused."
+        ),
+    )
+
+    @field_validator("settings")
+    @classmethod
+    def _only_free_server_settings(cls, settings: dict[str, str]) -> dict[str, str]:
+        for key in settings:
+            if not key.startswith("PREFECT_") or key != key.upper():
+                raise ValueError(f"{key}: expected a Prefect setting name (PREFECT_...)")
+            if key.startswith(RESERVED_SERVER_SETTING_PREFIXES):
+                raise ValueError(f"{key} is set by prefectstack from the stack file and "
+                                 "cannot be overridden here")
+        return settings
 
 
 class ServicesConfig(Model):
@@ -157,6 +187,11 @@ class WorkerConfig(Model):
     limit: int | None = Field(None, ge=1, description="Maximum concurrent flow runs.")
     health_port: Port | None = Field(
         None, description="Port of the worker's health endpoint (default: 18080 + its index)."
+    )
+    poll_seconds: float = Field(
+        10, ge=1, le=300,
+        description="How often the worker asks for scheduled runs (PREFECT_WORKER_QUERY_SECONDS): "
+        "the longest a due run waits to be picked up.",
     )
 
 
