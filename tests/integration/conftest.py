@@ -84,7 +84,15 @@ def service(data: dict[str, Any], name: str) -> dict[str, Any]:
     return next(s for s in data["services"] if s["name"] == name)
 
 
+def load_factor() -> float:
+    """How much busier than one runnable process per core the machine is right now: waits
+    stretch with it, so a loaded machine (a CI neighbour, a parallel build) slows the tests
+    down instead of failing them."""
+    return max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
+
+
 def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.5) -> Any:
+    timeout *= load_factor()
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:

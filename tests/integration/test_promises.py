@@ -169,7 +169,7 @@ class Stack:
 
     def audit(self, *args: str) -> list[dict[str, Any]]:
         records: list[dict[str, Any]] = json.loads(
-            cli("audit", "--json", *args, cwd=self.root).stdout)
+            cli("audit", "--json", "-n", "1000000", *args, cwd=self.root).stdout)
         return records
 
     def stop_background(self) -> None:

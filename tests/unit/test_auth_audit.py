@@ -95,3 +95,26 @@ def test_parse_since() -> None:
     assert parse_since("2025-01-01T12:00+02:00").utcoffset() == timedelta(hours=2)
     with pytest.raises(StackError, match="--since"):
         parse_since("yesterday")
+
+
+def test_caller_controlled_fields_are_bounded(tmp_path: Path) -> None:
+    from prefectstack.auth.audit import MAX_PATH_CHARS
+
+    log = AuditLog(tmp_path / "audit.log")
+    huge = "/api/" + "a" * 16_000
+    log.write(Record(time="2026-01-01T00:00:00.000+00:00", identity=None, role=None,
+                     method="GET", path=huge, status=401, client="203.0.113.9",
+                     reason=f"no rule for GET {huge}"))
+    line = (tmp_path / "audit.log").read_text()
+    assert len(line) < 2 * MAX_PATH_CHARS + 400
+    [record] = read(tmp_path / "audit.log")
+    assert record.path.startswith("/api/aaa") and record.path.endswith(f"(+{len(huge) - MAX_PATH_CHARS} chars)")
+
+
+def test_terminal_view_cannot_be_forged_or_driven() -> None:
+    from prefectstack.auth.audit import printable
+
+    assert printable("/api/x\n2026-01-01 admin 200 DELETE") == \
+        "/api/x\\x0a2026-01-01 admin 200 DELETE"
+    assert printable("/api/\x1b[2J") == "/api/\\x1b[2J"
+    assert printable("/api/flows/ä") == "/api/flows/ä"

@@ -65,6 +65,13 @@ def test_secrets_in_the_query_need_developer_or_worker() -> None:
     assert decide(Role.VIEWER, "GET", "/api/block_documents/abc?include_secrets=false").allowed
 
 
+def test_reading_secret_values_is_audited_even_when_allowed() -> None:
+    worker = decide(Role.WORKER, "GET", "/api/block_documents/abc?include_secrets=true")
+    assert worker.allowed and worker.audited and "with secrets" in worker.reason
+    plain = decide(Role.WORKER, "GET", "/api/block_documents/abc")
+    assert plain.allowed and not plain.audited
+
+
 def test_the_ui_needs_a_signed_in_person() -> None:
     for path in ["/", "/dashboard", "/assets/index.js", "/ui-settings", "/v2/runs"]:
         assert not decide(None, "GET", path).allowed

@@ -12,7 +12,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,6 +21,8 @@ from prefectstack.errors import StackError
 AUDIT_FILE = "audit.log"
 MAX_BYTES = 10 * 1024 * 1024
 BACKUPS = 5
+MAX_PATH_CHARS = 512
+MAX_REASON_CHARS = 600
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ class AuditLog:
         path.parent.mkdir(parents=True, exist_ok=True)
 
     def write(self, record: Record) -> None:
-        data = (record.to_json() + "\n").encode()
+        data = (bounded(record).to_json() + "\n").encode()
         with self._lock:
             if self._size() + len(data) > self.max_bytes and self._size() > 0:
                 self._rotate()
@@ -83,6 +85,26 @@ class AuditLog:
             os.replace(self.path, _numbered(self.path, 1))
         else:
             self.path.unlink()
+
+
+def bounded(record: Record) -> Record:
+    """Cut what a caller controls (the path, and reasons that quote it): otherwise a few
+    thousand anonymous requests with 16 KB paths rotate the whole log away."""
+    return replace(record, path=_cut(record.path, MAX_PATH_CHARS),
+                   reason=_cut(record.reason, MAX_REASON_CHARS))
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}...(+{len(text) - limit} chars)"
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """A cell for the terminal: control characters (newlines that would forge a record,
+    escape sequences that would drive the terminal) shown as `\\xNN`."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def _numbered(path: Path, index: int) -> Path:

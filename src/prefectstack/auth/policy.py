@@ -17,11 +17,13 @@ class Decision:
     allowed: bool
     reason: str
     rule: Rule | None = None  # the deciding rule; None when no rule matched
+    reveals_secrets: bool = False  # an allowed read of secret values (`include_secrets`)
 
     @property
     def audited(self) -> bool:
-        """A change that went through, or anything refused."""
-        return not self.allowed or (self.rule is not None and self.rule.kind is Kind.WRITE)
+        """A change that went through, a read of secret values, or anything refused."""
+        return (not self.allowed or self.reveals_secrets
+                or (self.rule is not None and self.rule.kind is Kind.WRITE))
 
 
 def split_uri(uri: str) -> tuple[str, str]:
@@ -84,8 +86,12 @@ def decide(role: Role | None, method: str, uri: str, rules: Sequence[Rule] = RUL
             needs = "not a worker route" if role is Role.WORKER else f"needs {rule.access.value}"
             return Decision(False, f"{who} may not {rule.method} {rule.pattern}: {needs}", rule)
     rule = matched[0]
-    if _asks_for_secrets(query) and not _may_see_secrets(role):
-        return Decision(False, f"{who} may not read secrets: needs {SECRET_ACCESS.value}", rule)
+    if _asks_for_secrets(query):
+        if not _may_see_secrets(role):
+            return Decision(False, f"{who} may not read secrets: needs {SECRET_ACCESS.value}",
+                            rule)
+        return Decision(True, f"{who} may {rule.method} {rule.pattern} with secrets", rule,
+                        reveals_secrets=True)
     return Decision(True, f"{who} may {rule.method} {rule.pattern}", rule)
 
 

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+from prefectstack.auth.audit import AUDIT_FILE, AuditLog, Record, now_iso
 from prefectstack.auth.store import Store
 from prefectstack.runtime import pgdata
 from prefectstack.stack.loader import load_stack
@@ -36,6 +37,21 @@ def open_store(stack_path: str | None) -> Iterator[Store]:
             pgdata.ensure_os_user(owner)
             for path in [directory, *directory.iterdir()]:
                 os.chown(path, *pgdata.ids(owner))
+
+
+def record_cli(stack_path: str | None, action: str, key_prefix: str | None = None) -> None:
+    """Audit a change made from the command line (users and keys), like one made through the
+    edge: who ran it (the OS account), what changed, never a secret."""
+    import getpass
+
+    directory = auth_dir(load_stack(stack_path).state_dir)
+    AuditLog(directory / AUDIT_FILE).write(Record(
+        time=now_iso(), identity=f"cli:{getpass.getuser()}", role="admin", method="CLI",
+        path=action, status=200, client="local", key_prefix=key_prefix,
+        reason="changed from the prefectstack command line"))
+    if pgdata.is_root():
+        log = directory / AUDIT_FILE
+        os.chown(log, *pgdata.ids(load_stack(stack_path).stack.postgres.os_user))
 
 
 def when(timestamp: float | None) -> str:

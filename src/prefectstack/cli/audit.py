@@ -31,8 +31,9 @@ def audit(
         console.json_out([asdict(r) for r in records])
         return
     rows = [
-        [r.time[:19].replace("T", " "), r.identity or "-", r.role or "-", str(r.status),
-         r.method, r.path, r.client or "-"]
+        [audit_log.printable(cell) for cell in (
+            r.time[:19].replace("T", " "), r.identity or "-", r.role or "-", str(r.status),
+            r.method, r.path, r.client or "-")]
         for r in records
     ]
     console.table(["time", "identity", "role", "status", "method", "path", "client"], rows)

@@ -10,7 +10,7 @@ import click
 
 from prefectstack import console
 from prefectstack.auth.roles import Role
-from prefectstack.cli.access import open_store, when
+from prefectstack.cli.access import open_store, record_cli, when
 from prefectstack.cli.options import json_flag, stack_file
 from prefectstack.errors import StackError
 
@@ -41,6 +41,7 @@ def create(stack_path: str | None, name: str, role: str, expires_in: str | None)
     expires = time.time() + parse_duration(expires_in) if expires_in else None
     with open_store(stack_path) as store:
         key = store.create_key(name, Role(role), expires_at=expires)
+    record_cli(stack_path, f"keys create {name} --role {role}", key_prefix=key[:12])
     console.out(f"created {role} key {key[:12]} ({name}); the key, shown once:")
     console.out(key)
 
@@ -72,6 +73,7 @@ def revoke(stack_path: str | None, prefix: str) -> None:
     """Revoke a key by its prefix (pfs_xxxxxxxx); it stops working at once."""
     with open_store(stack_path) as store:
         store.revoke_key(prefix)
+    record_cli(stack_path, f"keys revoke {prefix}", key_prefix=prefix)
     console.out(f"revoked {prefix}")
 
 

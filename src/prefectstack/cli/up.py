@@ -93,12 +93,16 @@ def _up_detached(loaded: LoadedStack, stack_path: str | None) -> None:
     console.event(f"supervisor started in the background (pid {pid}); waiting for the stack")
     deadline = time.monotonic() + READY_TIMEOUT_SECONDS
     seen_alive = False
+    reported: dict[str, str] = {}
     while time.monotonic() < deadline:
         current = state.read(state_dir)
         if current and current.supervisor_pid == pid:
             seen_alive = True
+            _progress(current, reported)
             if current.phase == "ready":
                 summary(loaded, True)
+                if current.message:
+                    console.warn(current.message)
                 return
             if current.phase in ("failed", "stopped"):
                 break
@@ -115,6 +119,17 @@ def _up_detached(loaded: LoadedStack, stack_path: str | None) -> None:
     raise StackError(
         f"the stack {what}; last lines of {log_path}:\n    " + "\n    ".join(tail)
     )
+
+
+def _progress(current: state.StackState, reported: dict[str, str]) -> None:
+    """One line per service as it becomes ready (or fails), so a slow start shows where it is."""
+    total = len(current.services)
+    for svc in current.services:
+        if svc.state in ("ready", "completed", "failed", "backoff") and \
+                reported.get(svc.name) != svc.state:
+            reported[svc.name] = svc.state
+            done = sum(1 for s in current.services if s.state in ("ready", "completed"))
+            console.event(f"{svc.name} {svc.state} ({done}/{total})")
 
 
 def _pid_alive(pid: int) -> bool:

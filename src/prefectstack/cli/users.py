@@ -10,7 +10,7 @@ import click
 
 from prefectstack import console
 from prefectstack.auth.roles import Role
-from prefectstack.cli.access import open_store, when
+from prefectstack.cli.access import open_store, record_cli, when
 from prefectstack.cli.options import json_flag, stack_file
 
 HUMAN_ROLES = [r.value for r in Role if r is not Role.WORKER]
@@ -38,6 +38,7 @@ def add(stack_path: str | None, username: str, role: str, password_stdin: bool) 
     password, generated = _password(password_stdin)
     with open_store(stack_path) as store:
         store.add_user(username, Role(role), password)
+    record_cli(stack_path, f"users add {username} --role {role}")
     console.out(f"added {username} ({role})")
     if generated:
         console.out(f"password (shown once): {password}")
@@ -64,6 +65,7 @@ def remove(stack_path: str | None, username: str) -> None:
     """Remove a user (their sessions end at once)."""
     with open_store(stack_path) as store:
         store.remove_user(username)
+    record_cli(stack_path, f"users remove {username}")
     console.out(f"removed {username}")
 
 
@@ -76,6 +78,7 @@ def passwd(stack_path: str | None, username: str, password_stdin: bool) -> None:
     password, generated = _password(password_stdin)
     with open_store(stack_path) as store:
         store.set_password(username, password)
+    record_cli(stack_path, f"users passwd {username}")
     console.out(f"password of {username} changed; their sessions ended")
     if generated:
         console.out(f"new password (shown once): {password}")
