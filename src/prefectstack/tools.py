@@ -73,17 +73,28 @@ class Process:
     def __init__(self, popen: subprocess.Popen[bytes]) -> None:
         self._popen = popen
         self.pid = popen.pid
+        # Descendants seen when we signalled it (pid -> start time, to tell a reused pid).
+        self._family: dict[int, float] = {}
 
     def poll(self) -> int | None:
-        return self._popen.poll()
+        """The exit code once the process AND every descendant we signalled are gone: a
+        service is not stopped while a flow run it started still runs."""
+        code = self._popen.poll()
+        if code is None or self._family_alive():
+            return None
+        return code
 
     def send(self, sig: int) -> None:
         # Prefect starts flow runs in sessions of their own (so a group-wide signal cannot
         # race the worker): signal every descendant too, or `down` leaves them running. A
-        # flow run that gets SIGTERM reports itself Crashed instead of staying Running.
-        for child in _descendants(self.pid):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(child, sig)
+        # flow run that gets SIGTERM reports itself Crashed instead of staying Running; one
+        # that does not end gets the supervisor's SIGKILL after the grace period, even when
+        # the worker itself has exited and the run was re-parented away from it.
+        self._family |= _descendants(self.pid)
+        for child, started in self._family.items():
+            if _same(child, started):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(child, sig)
         try:
             os.killpg(self.pid, sig)
         except ProcessLookupError:
@@ -92,11 +103,29 @@ class Process:
             os.kill(self.pid, sig)
 
 
-def _descendants(pid: int) -> list[int]:
+    def _family_alive(self) -> bool:
+        return any(_same(pid, started) for pid, started in self._family.items())
+
+
+def _descendants(pid: int) -> dict[int, float]:
     try:
-        return [p.pid for p in psutil.Process(pid).children(recursive=True)]
+        children = psutil.Process(pid).children(recursive=True)
     except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return []
+        return {}
+    found = {}
+    for child in children:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            found[child.pid] = child.create_time()
+    return found
+
+
+def _same(pid: int, started: float) -> bool:
+    """The process we saw is still running (not a zombie, not a new process on its pid)."""
+    try:
+        proc = psutil.Process(pid)
+        return proc.create_time() == started and proc.status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
 
 
 def spawn(

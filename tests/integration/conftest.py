@@ -47,6 +47,7 @@ workers:
   - name: worker-1
     pool: itest-pool
     limit: 4
+    poll_seconds: 2
     health_port: {ports["worker"]}
 examples:
   enabled: true

@@ -1,0 +1,44 @@
+"""A supervised process and the descendants it started in sessions of their own (as
+Prefect's worker starts flow runs): stopping it stops them too. Real OS processes."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import psutil
+
+from prefectstack import tools
+
+# A parent whose child leaves the parent's session and ignores SIGTERM, like a flow run that
+# is slow to handle its termination.
+SCRIPT = "setsid sh -c 'trap \"\" TERM; while :; do sleep 0.1; done' & sleep 60"
+
+
+def _wait(predicate: object, seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+def test_a_service_counts_as_stopped_only_once_its_detached_children_are_gone(
+    tmp_path: Path,
+) -> None:
+    with open(tmp_path / "log", "wb") as log:
+        proc = tools.spawn(["sh", "-c", SCRIPT], env={"PATH": "/usr/bin:/bin"}, log=log,
+                           cwd=tmp_path)
+    _wait(lambda: len(psutil.Process(proc.pid).children(recursive=True)) >= 2)
+    detached = [c for c in psutil.Process(proc.pid).children(recursive=True)
+                if c.name() == "sh"]
+    assert detached
+    proc.send(signal.SIGTERM)
+    _wait(lambda: proc._popen.poll() is not None)  # the parent itself is gone
+    time.sleep(0.3)
+    assert proc.poll() is None, "its detached child still runs: not stopped yet"
+    proc.send(signal.SIGKILL)  # the supervisor's escalation after the grace period
+    _wait(lambda: proc.poll() is not None)
+    assert not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in detached)
