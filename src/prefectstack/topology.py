@@ -454,6 +454,7 @@ def _edge(stack: Stack) -> list[Service]:
         auth=f"{LOOPBACK}:{stack.auth.port}",
         storage=directory("edge") + "/data",
         flows_dir="${path.flows}",
+        bind=edge.listen_addresses,
     )
     privileged = min(edge.https_port, edge.http_port) < 1024
     return [

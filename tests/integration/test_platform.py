@@ -84,8 +84,8 @@ def test_secrets_are_private_and_never_printed(stack_dir: Path) -> None:
         assert value not in outputs
 
 
-def test_databases_listen_on_loopback_only(stack_dir: Path) -> None:
-    for name in ("postgres", "redis", "api-1", "auth"):
+def test_every_listener_is_on_loopback_for_a_localhost_stack(stack_dir: Path) -> None:
+    for name in ("postgres", "redis", "api-1", "auth", "edge"):  # edge: host is localhost
         proc = psutil.Process(SHARED["pids"][name])
         listening = [
             c.laddr.ip

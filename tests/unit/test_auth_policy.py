@@ -94,9 +94,17 @@ def test_sign_in_pages_are_public() -> None:
 
 
 def test_flow_files_are_readable_by_workers() -> None:
-    assert decide(Role.WORKER, "GET", "/flows/etl/main.py").allowed
-    assert decide(Role.VIEWER, "GET", "/flows/etl/main.py").allowed
-    assert not decide(None, "GET", "/flows/etl/main.py").allowed
+    # the edge serves them at /flow-files/ (the row once said /flows/, the UI's own page)
+    assert decide(Role.WORKER, "GET", "/flow-files/etl/main.py").allowed
+    assert decide(Role.VIEWER, "GET", "/flow-files/etl/main.py").allowed
+    assert not decide(None, "GET", "/flow-files/etl/main.py").allowed
+    assert not decide(Role.WORKER, "GET", "/flows/etl").allowed  # the UI page: people only
+
+
+def test_server_settings_with_the_redis_password_are_admin_only() -> None:
+    assert not decide(Role.VIEWER, "GET", "/api/admin/settings").allowed
+    assert not decide(Role.DEVELOPER, "GET", "/api/admin/settings").allowed
+    assert decide(Role.ADMIN, "GET", "/api/admin/settings").allowed
 
 
 def test_when_two_templates_match_the_stricter_decides() -> None:

@@ -96,6 +96,7 @@ VIEWER_DENIED_READS = {
     ("POST", "/api/block_documents/filter"),  # the body can ask for secrets
     ("POST", "/api/templates/validate"),  # renders templates: an authoring tool
     ("POST", "/api/automations/templates/validate"),
+    ("GET", "/api/admin/settings"),  # shows the docket's Redis URL with its password
 }
 
 PROBES = {("GET", "/api/health"), ("GET", "/api/ready")}
@@ -244,7 +245,7 @@ WORKER_CALLS = {
     ("POST", "/api/v2/concurrency_limits/decrement-with-lease"),
     ("POST", "/api/v2/concurrency_limits/leases/{lease_id}/renew"),
     ("GET", "/api/v2/concurrency_limits/{id_or_name}"),
-    ("GET", "/flows/{file:path}"),
+    ("GET", "/flow-files/{file:path}"),
     # events name the run's work queue (prefect.events.related); found by the conformance suite
     ("GET", "/api/work_queues/{id}"),
     # `prefect task serve`: the subscription, and deleting a run it cannot submit

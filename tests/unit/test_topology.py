@@ -297,3 +297,12 @@ def test_order_rejects_unknown_dependencies() -> None:
 )
 def test_probe_describe(probe: topology.Probe, text: str) -> None:
     assert probe.describe() == text
+
+
+def test_a_localhost_edge_listens_on_loopback_only() -> None:
+    local = {s.name: s for s in topology.build(stack())}["edge"].files["edge/Caddyfile"]
+    assert local.count("\tbind 127.0.0.1\n") == 2  # the HTTPS site and the redirect
+    public = {s.name: s for s in topology.build(stack(edge={"host": "prefect.example.com"}))}
+    assert "bind" not in public["edge"].files["edge/Caddyfile"]
+    chosen = topology.build(stack(edge={"host": "prefect.example.com", "bind": ["10.0.0.5"]}))
+    assert "\tbind 10.0.0.5\n" in {s.name: s for s in chosen}["edge"].files["edge/Caddyfile"]

@@ -28,7 +28,8 @@ _ROWS: list[tuple[str, str, Access, Kind, bool, str]] = [
     ("GET", "/api/hello", V, R, WK, ""),
     ("GET", "/api/version", V, R, WK, ""),
     ("GET", "/api/csrf-token", V, R, WK, "the Prefect client asks for it when CSRF is on"),
-    ("GET", "/api/admin/settings", V, R, False, "Prefect obfuscates secret settings"),
+    ("GET", "/api/admin/settings", A, R, False,
+     "admin only: it shows the docket's Redis URL with its password"),
     ("GET", "/api/admin/version", V, R, WK, "client/server version check"),
     ("GET", "/api/admin/storage", V, R, WK, "default result storage"),
     ("PUT", "/api/admin/storage", A, W, False, ""),
@@ -256,7 +257,7 @@ _ROWS: list[tuple[str, str, Access, Kind, bool, str]] = [
     ("GET", "/auth/login", P, R, False, "served by the auth service"),
     ("POST", "/auth/login", P, W, False, "throttled; audited by the auth service"),
     ("POST", "/auth/logout", P, W, False, ""),
-    ("GET", "/flows/{file:path}", V, R, WK, "the flows directory, read-only"),
+    ("GET", "/flow-files/{file:path}", V, R, WK, "the flows directory, read-only"),
 ]
 
 # The Prefect UI (its single-page app, assets and /ui-settings) for any signed-in identity;

@@ -52,6 +52,7 @@ def edge_caddyfile(
     internal: str | None = None,
     public: bool = True,
     trusted_proxies: str | None = None,
+    bind: Sequence[str] = (),
 ) -> str:
     """The edge: HTTPS, redirect from HTTP, security headers, compression, auth via
     `forward_auth`, static flow files, and active health-checked load balancing.
@@ -62,18 +63,20 @@ def edge_caddyfile(
     - `public=False`: no HTTPS site and no redirect (an Ingress in front terminates TLS);
     - `trusted_proxies`: a `trusted_proxies` source (`static private_ranges`) whose
       X-Forwarded-For Caddy believes; the auth service then gets the real client address.
+    `bind`: the local edge's listen addresses (loopback for a localhost stack); empty: all.
     """
     site_port = "" if edge.https_port == 443 else f":{edge.https_port}"
     routes = _routes(_proxy(upstreams), auth, flows_dir, client_ip=trusted_proxies is not None)
     sites: list[str] = []
     if public:
         tls = "\ttls internal\n" if edge.internal_tls else ""
+        listen = f"\tbind {' '.join(bind)}\n" if bind else ""
         sites.append(f"""\
 http://{edge.host}:{edge.http_port} {{
-\tredir https://{edge.host}{site_port}{{uri}} 308
+{listen}\tredir https://{edge.host}{site_port}{{uri}} 308
 }}
 """)
-        sites.append(f"{edge.host}{site_port} {{\n{tls}{routes}}}\n")
+        sites.append(f"{edge.host}{site_port} {{\n{listen}{tls}{routes}}}\n")
     if internal:
         why = ("Clients inside the private network: the same routes and auth, without TLS."
                if public else "Plain HTTP: the Ingress in front terminates TLS.")

@@ -36,6 +36,14 @@ class EdgeConfig(BaseModel):
     acme_email: str | None = Field(
         None, description="Contact address for ACME certificates (domain names only)."
     )
+    bind: list[str] | None = Field(
+        None,
+        description=(
+            "Addresses the edge listens on (on this host). Default: loopback only "
+            "(`127.0.0.1`) when `host` is localhost or a loopback address, else every "
+            "interface. Container targets always listen inside their own network."
+        ),
+    )
     flows_dir: str | None = Field(
         None,
         description=(
@@ -50,6 +58,13 @@ class EdgeConfig(BaseModel):
         if "/" in host or ":" in host.strip("[]").replace("::1", ""):
             raise ValueError("give a bare host name or IP address, without scheme or port")
         return host
+
+    @property
+    def listen_addresses(self) -> list[str]:
+        """Where the local edge binds; [] means every interface."""
+        if self.bind is not None:
+            return list(self.bind)
+        return ["127.0.0.1"] if self.host in LOCAL_HOSTS else []
 
     @property
     def internal_tls(self) -> bool:
