@@ -206,3 +206,25 @@ def test_still_valid_follows_the_store(store: Store) -> None:
     assert still_valid(store, by_password) is not None
     store.remove_user("carol")
     assert still_valid(store, by_password) is None
+
+
+def test_task_worker_subscriptions_go_to_the_first_api_process() -> None:
+    """Prefect keeps background task runs in the memory of the API process that scheduled
+    them; the edge sends every task-run call to the first healthy one, so subscriptions
+    must go there too, never round robin."""
+    upstreams = Upstreams(["api-1", "api-2", "api-3"])
+    pinned = [upstreams.for_path("/api/task_runs/subscriptions/scheduled") for _ in range(3)]
+    assert pinned == [["api-1", "api-2", "api-3"]] * 3
+    spread = {upstreams.for_path("/api/events/in")[0] for _ in range(3)}
+    assert spread == {"api-1", "api-2", "api-3"}
+
+
+def test_the_edge_pins_task_run_calls_to_the_first_api_process() -> None:
+    from prefectstack import topology
+    from prefectstack.stack.loader import parse_stack
+
+    stack = parse_stack("version: 1\napi:\n  replicas: 2\n  port: 5000\n", {})
+    caddyfile = {s.name: s for s in topology.build(stack)}["edge"].files["edge/Caddyfile"]
+    block = caddyfile[caddyfile.index("handle /api/task_runs/* {"):]
+    assert block.splitlines()[1].strip() == "reverse_proxy 127.0.0.1:5000 127.0.0.1:5001 {"
+    assert block.splitlines()[2].strip() == "lb_policy first"

@@ -42,6 +42,8 @@ from prefectstack.auth.policy import decide, split_uri
 from prefectstack.auth.store import Identity, Store, key_prefix
 
 PREFECT_SUBPROTOCOL = "prefect"
+# Paths served by the first healthy API process only (see Upstreams.for_path).
+PINNED_PREFIX = "/api/task_runs/"
 POLICY_VIOLATION = 1008
 TRY_AGAIN_LATER = 1013
 INTERNAL_ERROR = 1011
@@ -106,6 +108,13 @@ class Upstreams:
     def in_turn(self) -> list[str]:
         start = next(self._turn) % len(self.addresses)
         return [*self.addresses[start:], *self.addresses[:start]]
+
+    def for_path(self, path: str) -> list[str]:
+        """Task workers subscribe where the edge sends every task-run call (the first API
+        process that answers): Prefect keeps background task runs in that process's memory."""
+        if path.startswith(PINNED_PREFIX):
+            return list(self.addresses)
+        return self.in_turn()
 
 
 @dataclass(frozen=True)
@@ -227,7 +236,7 @@ class Relay:
 
     async def _relay(self, websocket: WebSocket, path: str, target: str, prefect: bool,
                      credential: Credential, identity: Identity) -> None:
-        upstream = await self._open_upstream(target, prefect)
+        upstream = await self._open_upstream(target, prefect, self.upstreams.for_path(path))
         if isinstance(upstream, tuple):
             await websocket.close(*upstream)
             return
@@ -248,11 +257,11 @@ class Relay:
             with contextlib.suppress(RuntimeError, WebSocketDisconnect, ConnectionClosed):
                 await websocket.close(code, reason=reason)
 
-    async def _open_upstream(self, target: str,
-                             prefect: bool) -> ClientConnection | tuple[int, str]:
-        """A connection to the next API process that takes it, or the close code and reason
-        to give the client."""
-        for address in self.upstreams.in_turn():
+    async def _open_upstream(self, target: str, prefect: bool,
+                             addresses: list[str]) -> ClientConnection | tuple[int, str]:
+        """A connection to the first of `addresses` that takes it, or the close code and
+        reason to give the client."""
+        for address in addresses:
             try:
                 upstream = await connect(
                     f"ws://{address}{target}",

@@ -66,7 +66,8 @@ def edge_caddyfile(
     `bind`: the local edge's listen addresses (loopback for a localhost stack); empty: all.
     """
     site_port = "" if edge.https_port == 443 else f":{edge.https_port}"
-    routes = _routes(_proxy(upstreams), auth, flows_dir, client_ip=trusted_proxies is not None)
+    routes = _routes(_proxy(upstreams), auth, flows_dir, client_ip=trusted_proxies is not None,
+                     pinned=_proxy(upstreams, policy="first"))
     sites: list[str] = []
     if public:
         tls = "\ttls internal\n" if edge.internal_tls else ""
@@ -123,10 +124,10 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-def _proxy(upstreams: Sequence[str]) -> str:
+def _proxy(upstreams: Sequence[str], policy: str = "least_conn") -> str:
     targets = " ".join(upstreams)
     return f"""reverse_proxy {targets} {{
-\t\t\tlb_policy least_conn
+\t\t\tlb_policy {policy}
 \t\t\tlb_try_duration 5s
 \t\t\thealth_uri /api/health
 \t\t\thealth_interval 5s
@@ -135,7 +136,7 @@ def _proxy(upstreams: Sequence[str]) -> str:
 \t\t}}"""
 
 
-def _routes(proxy: str, auth: str, flows_dir: str, *, client_ip: bool) -> str:
+def _routes(proxy: str, auth: str, flows_dir: str, *, client_ip: bool, pinned: str) -> str:
     """The body of a site: the same for the public HTTPS site and an internal one."""
     # Behind a trusted proxy the last X-Forwarded-For hop is that proxy: tell the auth
     # service (which reads the last hop) the client address Caddy worked out instead.
@@ -195,6 +196,13 @@ def _routes(proxy: str, auth: str, flows_dir: str, *, client_ip: bool) -> str:
 \t\thandle_path /flow-files/* {{
 \t\t\troot * {flows_dir}
 \t\t\tfile_server browse
+\t\t}}
+\t\t# Prefect queues background (deferred) task runs in the memory of the API process
+\t\t# that scheduled them, and hands them only to task workers subscribed there: every
+\t\t# task-run call goes to the first healthy API process, where the relay also connects
+\t\t# the task workers' subscriptions.
+\t\thandle /api/task_runs/* {{
+\t\t{pinned}
 \t\t}}
 \t\t# A websocket that passed this check without the relay (a browser's over HTTP/2,
 \t\t# with its session cookie) still streams in both directions.
