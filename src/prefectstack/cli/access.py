@@ -44,14 +44,15 @@ def record_cli(stack_path: str | None, action: str, key_prefix: str | None = Non
     edge: who ran it (the OS account), what changed, never a secret."""
     import getpass
 
-    directory = auth_dir(load_stack(stack_path).state_dir)
+    loaded = load_stack(stack_path)
+    directory = auth_dir(loaded.state_dir)
     AuditLog(directory / AUDIT_FILE).write(Record(
         time=now_iso(), identity=f"cli:{getpass.getuser()}", role="admin", method="CLI",
         path=action, status=200, client="local", key_prefix=key_prefix,
         reason="changed from the prefectstack command line"))
     if pgdata.is_root():
         log = directory / AUDIT_FILE
-        os.chown(log, *pgdata.ids(load_stack(stack_path).stack.postgres.os_user))
+        os.chown(log, *pgdata.ids(loaded.stack.postgres.os_user))
 
 
 def when(timestamp: float | None) -> str:

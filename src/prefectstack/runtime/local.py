@@ -17,7 +17,7 @@ import psutil
 
 from prefectstack import console, tools, topology
 from prefectstack.errors import StackError
-from prefectstack.runtime import pgdata, ports, secrets, state
+from prefectstack.runtime import pgdata, ports, secrets, service_health, state
 from prefectstack.runtime.binaries import postgres_bin_dir, resolve_argv
 from prefectstack.runtime.probes import RealProber
 from prefectstack.runtime.supervisor import Supervisor
@@ -88,7 +88,7 @@ class LocalLauncher:
         env = _base_env() | {k: self.resolve(v) for k, v in svc.env.items()}
         log = self._log(svc.name)
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        log.write(f"--- prefectstack: starting {svc.name} at {stamp} ---\n".encode())
+        log.write(f"{service_health.RESTART_MARKER}{svc.name} at {stamp} ---\n".encode())
         log.flush()
         user = svc.run_as if (svc.run_as and self.run_as) else None
         cwd = self.layout.volume(svc.volumes[0]) if svc.volumes else self.layout.root

@@ -45,7 +45,7 @@ _EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*(?P<type>[A-Za-z_]\w*)(?P<res
 _GROUP_FRAME = re.compile(r"^ *[|+] ")
 # `LocalLauncher.start` writes this before every (re)start of a service: older lines are
 # about a process that no longer runs.
-_RESTART_MARKER = "--- prefectstack: starting "
+RESTART_MARKER = "--- prefectstack: starting "
 # A terminal-forcing environment (FORCE_COLOR) would make rich colour the log file.
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _FAILURE_LEVELS = ("ERROR", "CRITICAL")
@@ -125,7 +125,7 @@ def _records(log_text: str) -> list[_Record]:
     records: list[_Record] = []
     for raw in log_text.splitlines():
         line = _ANSI.sub("", raw)
-        if line.startswith(_RESTART_MARKER):
+        if line.startswith(RESTART_MARKER):
             records.clear()
             continue
         match = _RECORD.match(line)
