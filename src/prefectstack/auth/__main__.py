@@ -20,8 +20,7 @@ from prefectstack.auth.bootstrap import ADMIN_USERNAME
 from prefectstack.auth.roles import Role
 from prefectstack.auth.store import Store
 from prefectstack.auth.throttle import Throttle
-
-AUDIT_FILE = "audit.log"
+from prefectstack.layout import AUDIT_FILE
 
 
 def bootstrap(store: Store) -> None:

@@ -18,7 +18,6 @@ from pathlib import Path
 
 from prefectstack.errors import StackError
 
-AUDIT_FILE = "audit.log"
 MAX_BYTES = 10 * 1024 * 1024
 BACKUPS = 5
 MAX_PATH_CHARS = 512

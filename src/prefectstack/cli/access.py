@@ -11,22 +11,18 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from pathlib import Path
 
-from prefectstack.auth.audit import AUDIT_FILE, AuditLog, Record, now_iso
+from prefectstack.auth.audit import AuditLog, Record, now_iso
 from prefectstack.auth.store import Store
+from prefectstack.layout import Layout
 from prefectstack.runtime import pgdata
 from prefectstack.stack.loader import load_stack
-
-
-def auth_dir(state_dir: Path) -> Path:
-    return state_dir / "data" / "auth"
 
 
 @contextmanager
 def open_store(stack_path: str | None) -> Iterator[Store]:
     loaded = load_stack(stack_path)
-    directory = auth_dir(loaded.state_dir)
+    directory = Layout(loaded.state_dir).auth_dir
     store = Store(directory)
     try:
         yield store
@@ -45,13 +41,12 @@ def record_cli(stack_path: str | None, action: str, key_prefix: str | None = Non
     import getpass
 
     loaded = load_stack(stack_path)
-    directory = auth_dir(loaded.state_dir)
-    AuditLog(directory / AUDIT_FILE).write(Record(
+    log = Layout(loaded.state_dir).audit_file
+    AuditLog(log).write(Record(
         time=now_iso(), identity=f"cli:{getpass.getuser()}", role="admin", method="CLI",
         path=action, status=200, client="local", key_prefix=key_prefix,
         reason="changed from the prefectstack command line"))
     if pgdata.is_root():
-        log = directory / AUDIT_FILE
         os.chown(log, *pgdata.ids(loaded.stack.postgres.os_user))
 
 

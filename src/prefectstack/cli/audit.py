@@ -8,9 +8,8 @@ import click
 
 from prefectstack import console
 from prefectstack.auth import audit as audit_log
-from prefectstack.auth.__main__ import AUDIT_FILE
-from prefectstack.cli.access import auth_dir
 from prefectstack.cli.options import json_flag, stack_file
+from prefectstack.layout import Layout
 from prefectstack.stack.loader import locate_state_dir
 
 
@@ -24,7 +23,7 @@ def audit(
     stack_path: str | None, user: str | None, since: str | None, limit: int, as_json: bool
 ) -> None:
     """Show the audit log: changes made and requests refused."""
-    path = auth_dir(locate_state_dir(stack_path)) / AUDIT_FILE
+    path = Layout(locate_state_dir(stack_path)).audit_file
     moment = audit_log.parse_since(since) if since else None
     records = list(audit_log.read(path, user=user, since=moment))[-limit:]
     if as_json:

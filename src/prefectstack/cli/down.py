@@ -12,6 +12,7 @@ import click
 from prefectstack import console
 from prefectstack.cli.options import stack_file
 from prefectstack.errors import StackError
+from prefectstack.layout import Layout
 from prefectstack.runtime import local, state
 from prefectstack.stack.loader import locate_state_dir
 
@@ -61,8 +62,8 @@ def _stop_supervisor(pid: int, state_dir: os.PathLike[str]) -> None:
 def _delete_data(state_dir: os.PathLike[str], yes: bool) -> None:
     from pathlib import Path
 
-    root = Path(state_dir)
-    targets = [p for p in (root / "data", root / "logs") if p.exists()]
+    layout = Layout(Path(state_dir))
+    targets = [p for p in (layout.data, layout.logs) if p.exists()]
     if not targets:
         console.out("no data to delete")
         return
@@ -70,7 +71,7 @@ def _delete_data(state_dir: os.PathLike[str], yes: bool) -> None:
     for path in targets:
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
         console.out(f"  {path}  ({size / 1e6:.1f} MB)")
-    console.out(f"(secrets in {root / 'secrets.json'} are kept and reused)")
+    console.out(f"(secrets in {layout.secrets_file} are kept and reused)")
     if not yes and not console.confirm("Delete them?"):
         raise StackError("nothing deleted", hint="pass --yes to delete without asking")
     for path in targets:

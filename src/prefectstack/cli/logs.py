@@ -9,7 +9,8 @@ import click
 from prefectstack import console
 from prefectstack.cli.options import stack_file_long
 from prefectstack.errors import StackError
-from prefectstack.runtime.local import Layout, LogFollower, tail_lines
+from prefectstack.layout import Layout
+from prefectstack.runtime.logfiles import LogFollower, tail_lines
 from prefectstack.stack.loader import locate_state_dir
 
 

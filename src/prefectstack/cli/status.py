@@ -12,8 +12,8 @@ import click
 
 from prefectstack import console
 from prefectstack.cli.options import json_flag, stack_file
+from prefectstack.layout import Layout
 from prefectstack.runtime import service_health, state
-from prefectstack.runtime.local import Layout
 from prefectstack.stack.loader import locate_state_dir
 
 # The process running `prefect server services start` (topology.py names it so): alive and

@@ -12,23 +12,25 @@ from prefectstack.cli.options import stack_file
 from prefectstack.cli.render import up_compose
 from prefectstack.deploy.apply import apply_on_up
 from prefectstack.errors import StackError
+from prefectstack.layout import Layout
 from prefectstack.runtime import edge, local, ports, state
+from prefectstack.runtime.logfiles import tail_lines
 from prefectstack.stack.loader import LoadedStack, load_stack
 
 READY_TIMEOUT_SECONDS = 900
 
 
 def summary(loaded: LoadedStack, detached: bool) -> None:
-    root = loaded.state_dir
+    layout = Layout(loaded.state_dir)
     console.out("")
     console.out(f"prefectstack `{loaded.stack.name}` is ready.")
     console.out(f"  UI and API:   {topology.public_url(loaded.stack)}  (API at /api)")
     if loaded.stack.edge.enabled:
         _edge_summary(loaded)
     console.out(f"  stack file:   {loaded.source}")
-    console.out(f"  data:         {root / 'data'}")
-    console.out(f"  logs:         {root / 'logs'}   (prefectstack logs [SERVICE] -f)")
-    console.out(f"  secrets:      {root / 'secrets.json'} (0600; never printed but once: the")
+    console.out(f"  data:         {layout.data}")
+    console.out(f"  logs:         {layout.logs}   (prefectstack logs [SERVICE] -f)")
+    console.out(f"  secrets:      {layout.secrets_file} (0600; never printed but once: the")
     console.out("                first admin password)")
     console.out("  status:       prefectstack status")
     if detached:
@@ -77,13 +79,14 @@ def _up_detached(loaded: LoadedStack, stack_path: str | None) -> None:
     state_dir = loaded.state_dir
     local.check_not_running(state_dir)
     ports.check_free(topology.build(loaded.stack))
-    (state_dir / "logs").mkdir(parents=True, exist_ok=True)
+    layout = Layout(state_dir)
+    layout.logs.mkdir(parents=True, exist_ok=True)
     source = str(click.format_filename(stack_path)) if stack_path else ""
     if source:
         from pathlib import Path
 
         source = str(Path(source).resolve())
-    log_path = state_dir / "logs" / "supervisor.log"
+    log_path = layout.supervisor_log
     with open(log_path, "ab") as log:
         pid = tools.spawn_detached(
             [sys.executable, "-m", "prefectstack.runtime.local", source],
@@ -114,7 +117,7 @@ def _up_detached(loaded: LoadedStack, stack_path: str | None) -> None:
             f"the stack was not ready after {READY_TIMEOUT_SECONDS}s",
             hint="prefectstack status; prefectstack logs",
         )
-    tail = local.tail_lines(log_path, 20)
+    tail = tail_lines(log_path, 20)
     what = "failed to start" if seen_alive else "supervisor exited before starting"
     raise StackError(
         f"the stack {what}; last lines of {log_path}:\n    " + "\n    ".join(tail)

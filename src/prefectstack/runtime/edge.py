@@ -7,17 +7,14 @@ import os
 import shutil
 from pathlib import Path
 
+from prefectstack.layout import Layout
 from prefectstack.runtime import secrets
-
-CA_SOURCE = Path("data/edge/data/pki/authorities/local/root.crt")
-CA_EXPORT = "ca.crt"
-SHOWN_MARKER = ".admin-password-shown"
 
 
 def export_ca(state_dir: Path) -> Path:
     """Copy the internal CA's root certificate (public) to `<state dir>/ca.crt`."""
-    target = state_dir / CA_EXPORT
-    source = state_dir / CA_SOURCE
+    layout = Layout(state_dir)
+    target, source = layout.ca_export, layout.edge_ca
     if source.exists():
         tmp = target.with_name(target.name + ".tmp")
         shutil.copyfile(source, tmp)
@@ -28,7 +25,7 @@ def export_ca(state_dir: Path) -> Path:
 
 def admin_password_once(state_dir: Path) -> str | None:
     """The bootstrap admin password the first time it is asked for, then never again."""
-    marker = state_dir / SHOWN_MARKER
+    marker = Layout(state_dir).admin_shown_marker
     if marker.exists():
         return None
     password = secrets.load(state_dir).get("admin_password")

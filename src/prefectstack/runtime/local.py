@@ -8,7 +8,6 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import IO
@@ -17,8 +16,10 @@ import psutil
 
 from prefectstack import console, tools, topology
 from prefectstack.errors import StackError
+from prefectstack.layout import Layout
 from prefectstack.runtime import pgdata, ports, secrets, service_health, state
 from prefectstack.runtime.binaries import postgres_bin_dir, resolve_argv
+from prefectstack.runtime.logfiles import LogFollower, tail_lines
 from prefectstack.runtime.probes import RealProber
 from prefectstack.runtime.supervisor import Supervisor
 from prefectstack.stack.loader import LoadedStack
@@ -27,27 +28,6 @@ from prefectstack.topology import Service
 _PLACEHOLDER = re.compile(r"\$\{(secret|dir|path)\.([A-Za-z0-9_-]+)\}")
 TICK_SECONDS = 0.2
 LOG_ROTATE_BYTES = 20 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Where things live under the state dir."""
-
-    root: Path
-
-    @property
-    def data(self) -> Path:
-        return self.root / "data"
-
-    @property
-    def logs(self) -> Path:
-        return self.root / "logs"
-
-    def volume(self, name: str) -> Path:
-        return self.data / name
-
-    def log(self, service: str) -> Path:
-        return self.logs / f"{service}.log"
 
 
 class Resolver:
@@ -279,44 +259,6 @@ def _create_time(pid: int | None) -> float | None:
         return psutil.Process(pid).create_time()
     except psutil.Error:
         return None
-
-
-class LogFollower:
-    """Echo new lines of every service log to the console with a name prefix."""
-
-    def __init__(self, logs: Path) -> None:
-        self.logs = logs
-        self.offsets: dict[Path, int] = {
-            p: p.stat().st_size for p in logs.glob("*.log")
-        }
-
-    def pump(self, only: set[str] | None = None) -> None:
-        for path in sorted(self.logs.glob("*.log")):
-            if only is not None and path.stem not in only:
-                continue
-            offset = self.offsets.get(path, 0)
-            size = path.stat().st_size
-            if size < offset:
-                offset = 0
-            if size == offset:
-                continue
-            with open(path, "rb") as fh:
-                fh.seek(offset)
-                chunk = fh.read(size - offset)
-            complete = chunk.rfind(b"\n") + 1
-            self.offsets[path] = offset + complete
-            for line in chunk[:complete].decode(errors="replace").splitlines():
-                console.service_line(path.stem, line)
-
-
-def tail_lines(path: Path, count: int) -> list[str]:
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, fh.tell() - 64 * 1024))
-            return fh.read().decode(errors="replace").splitlines()[-count:]
-    except FileNotFoundError:
-        return []
 
 
 def supervise_main(source: str | None) -> int:

@@ -8,8 +8,7 @@ import secrets
 from pathlib import Path
 
 from prefectstack.errors import StackError
-
-SECRETS_FILE = "secrets.json"
+from prefectstack.layout import SECRETS_FILE
 
 
 def _write_private(path: Path, text: str) -> None:

@@ -11,8 +11,7 @@ from typing import Any
 
 import psutil
 
-STATE_FILE = "state.json"
-LOCK_FILE = "supervisor.lock"
+from prefectstack.layout import LOCK_FILE, STATE_FILE
 
 
 @dataclass
