@@ -11,10 +11,11 @@ import pytest
 from argon2 import PasswordHasher
 from starlette.testclient import TestClient
 
+from prefectstack.apikeys import key_prefix
 from prefectstack.auth.app import AuthConfig, create_app
 from prefectstack.auth.audit import AuditLog, Record, read
 from prefectstack.auth.roles import Role
-from prefectstack.auth.store import Store, key_prefix
+from prefectstack.auth.store import Store
 from prefectstack.auth.throttle import Throttle
 
 PASSWORD = "correct horse battery"

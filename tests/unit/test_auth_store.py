@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from argon2 import PasswordHasher
 
+from prefectstack.apikeys import KEY_PATTERN, key_prefix
 from prefectstack.auth.bootstrap import ADMIN_USERNAME, bootstrap_admin, ensure_service_key
 from prefectstack.auth.roles import Role
-from prefectstack.auth.store import KEY_PATTERN, Store, key_prefix
+from prefectstack.auth.store import Store
 from prefectstack.errors import StackError
 
 PASSWORD = "correct horse battery"

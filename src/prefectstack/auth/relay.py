@@ -37,9 +37,10 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.typing import Subprotocol
 
+from prefectstack.apikeys import key_prefix
 from prefectstack.auth import credentials as creds
 from prefectstack.auth.policy import decide, split_uri
-from prefectstack.auth.store import Identity, Store, key_prefix
+from prefectstack.auth.store import Identity, Store
 
 PREFECT_SUBPROTOCOL = "prefect"
 # Paths served by the first healthy API process only (see Upstreams.for_path).

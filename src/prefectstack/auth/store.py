@@ -24,11 +24,11 @@ from pathlib import Path
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from prefectstack.apikeys import key_prefix, new_api_key
 from prefectstack.auth.roles import Role
 from prefectstack.errors import StackError
 
 DB_FILE = "auth.db"
-KEY_PATTERN = re.compile(r"^pfs_[0-9a-f]{8}_[A-Za-z0-9_-]{43}$")
 USERNAME_PATTERN = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
 SESSION_SECONDS = 12 * 3600
 # last_used is bookkeeping, not security: writing it on every request would turn each read
@@ -82,16 +82,6 @@ class Identity:
 
 def _sha256(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
-
-
-def new_api_key() -> str:
-    """`pfs_<8 hex>_<43 url-safe chars>`: the prefix is public (logs), the rest is secret."""
-    return f"pfs_{secrets.token_hex(4)}_{secrets.token_urlsafe(32)}"
-
-
-def key_prefix(key: str) -> str | None:
-    """The public part of a well-formed key (`pfs_ab12cd34`), else None."""
-    return key[:12] if KEY_PATTERN.fullmatch(key) else None
 
 
 def _private_file(path: Path) -> None:

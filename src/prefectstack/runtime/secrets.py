@@ -7,6 +7,7 @@ import os
 import secrets
 from pathlib import Path
 
+from prefectstack.apikeys import new_api_key
 from prefectstack.errors import StackError
 from prefectstack.layout import SECRETS_FILE
 
@@ -41,8 +42,6 @@ def load(state_dir: Path) -> dict[str, str]:
 
 def _generate(name: str) -> str:
     if name.endswith("_api_key"):
-        from prefectstack.auth.store import new_api_key
-
         return new_api_key()
     return secrets.token_urlsafe(32)
 
