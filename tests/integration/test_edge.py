@@ -346,11 +346,22 @@ def test_joined_worker_runs_a_flow_talking_only_through_the_edge(edge: Edge) -> 
             finished = wait_for(done, 180, "the joined worker's run", interval=1)
         assert finished["state"]["type"] == "COMPLETED"
     finally:
+        ran_until_stopped = proc.poll() is None
         os.killpg(proc.pid, signal.SIGTERM)
         out = proc.communicate(timeout=60)[0]
-    assert "laptop" in out or proc.returncode is not None
+    # The process we started is the worker that took the run: it stayed up until we stopped
+    # it, joined our pool at the edge's address, and Prefect's worker named `laptop` (not a
+    # worker of the stack's own) submitted this very run.
+    assert ran_until_stopped, out[-3000:]
+    assert f"worker laptop joining pool joined-pool at {edge.base}/api" in out, out[-3000:]
+    assert "Worker 'laptop' started!" in out, out[-3000:]
+    assert f"Worker 'laptop' submitting flow run '{run['id']}'" in out, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
     laptop = [r for r in edge.audit("--user", f"key:{worker_key[:12]}")]
     assert laptop and all(r["role"] == "worker" for r in laptop)  # through the edge, as worker
+    # ... and it reported the run's states through the edge with its own key
+    reported = {r["path"] for r in laptop if r["method"] == "POST" and r["status"] == 200}
+    assert f"/api/flow_runs/{run['id']}/set_state" in reported, sorted(reported)
 
 
 def _healthy(port: int) -> bool:

@@ -139,7 +139,7 @@ def message(run: dict[str, Any]) -> str:
 async def register(pool: str) -> None:
     from prefect import Flow
 
-    from prefectstack.runtime.examples import ensure_pool
+    from prefectstack.jobs.examples import ensure_pool
 
     await ensure_pool(pool)
     for entrypoint, options in DEPLOYMENTS.items():

@@ -1,7 +1,11 @@
-"""`prefectstack up` end to end: one stack, real processes, exercised in order.
+"""`prefectstack up` end to end: one stack, real processes.
 
-The tests in this module share one stack (module fixture) and run in file order: start,
-serve, run a deployment, survive a kill -9, stop cleanly, come back with the data.
+The tests in this module share one stack (the module's `stack_dir`). In file order they tell
+its life: start, serve, run a deployment, survive a kill -9, stop cleanly, come back with the
+data. Each test asks for the stack it needs through fixtures, not through what an earlier
+test left behind: `first_up` starts it once, `running` and `stopped` put it in the state the
+test needs (a no-op in file order), `shell_run` is a run finished before any test stops the
+stack. So any one test also runs alone.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import stat
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +28,6 @@ import pytest
 from .conftest import cli, service, status, wait_for
 
 pytestmark = pytest.mark.integration
-
-SHARED: dict[str, Any] = {}
 
 
 def api(stack_dir: Path) -> str:
@@ -60,10 +63,75 @@ def run_logs(base: str, run_id: str) -> list[str]:
     return [entry["message"] for entry in response.json()]
 
 
-def test_up_detach_reaches_ready(stack_dir: Path) -> None:
+@dataclass(frozen=True)
+class FirstUp:
+    result: subprocess.CompletedProcess[str]  # the first `up --detach`
+    status: dict[str, Any]  # `status --json` right after it
+
+
+@dataclass(frozen=True)
+class ShellRun:
+    id: str
+    state: str  # its final state type
+
+
+@pytest.fixture(scope="module")
+def first_up(stack_dir: Path) -> FirstUp:
+    """The stack's first start, once per module, whichever test needs it first."""
     result = cli("up", "--detach", cwd=stack_dir)
-    assert "is ready" in result.stdout
+    return FirstUp(result, status(stack_dir))
+
+
+def _pids(data: dict[str, Any]) -> dict[str, int]:
+    return {s["name"]: s["pid"] for s in data["services"] if s["pid"]}
+
+
+def _ensure_running(stack_dir: Path) -> dict[str, Any]:
     data = status(stack_dir)
+    if not data["running"]:
+        _ensure_stopped(stack_dir, data)  # a crashed supervisor's leftovers first
+        cli("up", "--detach", cwd=stack_dir)
+        data = status(stack_dir)
+    return data
+
+
+def _ensure_stopped(stack_dir: Path, data: dict[str, Any] | None = None) -> None:
+    data = data or status(stack_dir)
+    if data["running"] or data["stale"]:
+        cli("down", cwd=stack_dir)
+
+
+@pytest.fixture
+def running(stack_dir: Path, first_up: FirstUp) -> dict[str, Any]:
+    """The running stack's `status --json` (started again if an earlier test stopped it)."""
+    return _ensure_running(stack_dir)
+
+
+@pytest.fixture
+def stopped(stack_dir: Path) -> None:
+    """A stopped stack (stopped here if an earlier test left it running)."""
+    _ensure_stopped(stack_dir)
+
+
+@pytest.fixture(scope="module")
+def shell_run(stack_dir: Path, first_up: FirstUp) -> ShellRun:
+    """A shell-command run printing line-1..line-3, finished, with its output stored when it
+    completed (or the wait for it fails here)."""
+    _ensure_running(stack_dir)
+    base = api(stack_dir)
+    run_id = run_deployment(
+        base, "shell-command/shell", {"command": "for i in 1 2 3; do echo line-$i; done"}
+    )
+    state = final_state(base, run_id)
+    if state == "COMPLETED":
+        wait_for(lambda: "line-3" in run_logs(base, run_id), 30,
+                 "the run's output lines in its logs")
+    return ShellRun(run_id, state)
+
+
+def test_up_detach_reaches_ready(first_up: FirstUp) -> None:
+    assert "is ready" in first_up.result.stdout
+    data = first_up.status
     assert data["running"] and data["phase"] == "ready"
     states = {s["name"]: s["state"] for s in data["services"]}
     assert states == {
@@ -71,10 +139,9 @@ def test_up_detach_reaches_ready(stack_dir: Path) -> None:
         "api-1": "ready", "services": "ready", "auth": "ready", "edge": "ready",
         "pools": "completed", "worker-1": "ready", "examples": "completed",
     }
-    SHARED["pids"] = {s["name"]: s["pid"] for s in data["services"] if s["pid"]}
 
 
-def test_secrets_are_private_and_never_printed(stack_dir: Path) -> None:
+def test_secrets_are_private_and_never_printed(stack_dir: Path, running: dict[str, Any]) -> None:
     secrets_file = stack_dir / "state" / "secrets.json"
     assert stat.S_IMODE(secrets_file.stat().st_mode) == 0o600
     values = json.loads(secrets_file.read_text()).values()
@@ -84,9 +151,10 @@ def test_secrets_are_private_and_never_printed(stack_dir: Path) -> None:
         assert value not in outputs
 
 
-def test_every_listener_is_on_loopback_for_a_localhost_stack(stack_dir: Path) -> None:
+def test_every_listener_is_on_loopback_for_a_localhost_stack(running: dict[str, Any]) -> None:
+    pids = _pids(running)
     for name in ("postgres", "redis", "api-1", "auth", "edge"):  # edge: host is localhost
-        proc = psutil.Process(SHARED["pids"][name])
+        proc = psutil.Process(pids[name])
         listening = [
             c.laddr.ip
             for p in [proc, *proc.children(recursive=True)]
@@ -97,8 +165,10 @@ def test_every_listener_is_on_loopback_for_a_localhost_stack(stack_dir: Path) ->
         assert set(listening) == {"127.0.0.1"}, f"{name} listens on {listening}"
 
 
-def test_postgres_runs_unprivileged_with_pg_trgm(stack_dir: Path) -> None:
-    proc = psutil.Process(SHARED["pids"]["postgres"])
+def test_postgres_runs_unprivileged_with_pg_trgm(
+    stack_dir: Path, running: dict[str, Any]
+) -> None:
+    proc = psutil.Process(_pids(running)["postgres"])
     if os.geteuid() == 0:
         assert proc.username() != "root"
     assert (stack_dir / "state" / "data" / "pgdata" / "PG_VERSION").exists()
@@ -106,7 +176,7 @@ def test_postgres_runs_unprivileged_with_pg_trgm(stack_dir: Path) -> None:
     assert "pg_trgm present" in log
 
 
-def test_ui_and_ready_answer(stack_dir: Path) -> None:
+def test_ui_and_ready_answer(stack_dir: Path, running: dict[str, Any]) -> None:
     base = api(stack_dir)
     assert httpx.get(f"{base}/ready", timeout=10).status_code == 200
     assert httpx.get(f"{base}/health", timeout=10).json() is True
@@ -117,7 +187,9 @@ def test_ui_and_ready_answer(stack_dir: Path) -> None:
     assert ui_settings["api_url"] == f"https://localhost:{https}/api"  # the browser's URL
 
 
-def test_example_deployments_registered_with_schedule(stack_dir: Path) -> None:
+def test_example_deployments_registered_with_schedule(
+    stack_dir: Path, running: dict[str, Any]
+) -> None:
     base = api(stack_dir)
     hello = httpx.get(f"{base}/deployments/name/hello/hello", timeout=10).json()
     shell = httpx.get(f"{base}/deployments/name/shell-command/shell", timeout=10).json()
@@ -125,56 +197,54 @@ def test_example_deployments_registered_with_schedule(stack_dir: Path) -> None:
     assert [s["schedule"]["interval"] for s in hello["schedules"]] == [3600.0]
 
 
-def test_worker_runs_deployment_and_logs_are_stored(stack_dir: Path) -> None:
-    base = api(stack_dir)
-    run_id = run_deployment(
-        base, "shell-command/shell", {"command": "for i in 1 2 3; do echo line-$i; done"}
-    )
-    assert final_state(base, run_id) == "COMPLETED"
-    messages = wait_for(
-        lambda: (m := run_logs(base, run_id)) and "line-3" in m and m,
-        30, "the run's output lines in its logs",
-    )
+def test_worker_runs_deployment_and_logs_are_stored(
+    stack_dir: Path, running: dict[str, Any], shell_run: ShellRun
+) -> None:
+    assert shell_run.state == "COMPLETED"
+    messages = run_logs(api(stack_dir), shell_run.id)
+    assert "line-3" in messages, messages
     assert messages.index("line-1") < messages.index("line-2") < messages.index("line-3")
-    SHARED["run_id"] = run_id
 
 
-def test_failing_command_fails_the_run(stack_dir: Path) -> None:
+def test_failing_command_fails_the_run(stack_dir: Path, running: dict[str, Any]) -> None:
     base = api(stack_dir)
     run_id = run_deployment(base, "shell-command/shell", {"command": "echo doomed; exit 3"})
     assert final_state(base, run_id) == "FAILED"
 
 
-def test_kill_9_of_api_is_restarted(stack_dir: Path) -> None:
-    old = SHARED["pids"]["api-1"]
+def test_kill_9_of_api_is_restarted(stack_dir: Path, running: dict[str, Any]) -> None:
+    before = service(running, "api-1")
+    old = before["pid"]
     os.kill(old, signal.SIGKILL)
 
     def restarted() -> dict[str, Any] | None:
         api1 = service(status(stack_dir), "api-1")
-        ok = api1["state"] == "ready" and api1["pid"] != old and api1["restarts"] >= 1
+        ok = (api1["state"] == "ready" and api1["pid"] != old
+              and api1["restarts"] >= before["restarts"] + 1)
         return api1 if ok else None
 
     api1 = wait_for(restarted, 120, "api-1 to be restarted and ready", interval=1)
-    assert api1["restarts"] == 1
+    assert api1["restarts"] == before["restarts"] + 1  # once, not a crash loop
     assert httpx.get(f"{api(stack_dir)}/ready", timeout=10).status_code == 200
-    SHARED["pids"]["api-1"] = api1["pid"]
 
 
-def test_logs_command_shows_service_output(stack_dir: Path) -> None:
+def test_logs_command_shows_service_output(stack_dir: Path, running: dict[str, Any]) -> None:
     out = cli("logs", "migrate", "-n", "200", cwd=stack_dir).stdout
     assert "migrate |" in out and "starting migrate" in out
     bad = cli("logs", "nope", cwd=stack_dir, check=False)
     assert bad.returncode == 2 and "available:" in bad.stderr
 
 
-def test_second_up_while_running_is_refused(stack_dir: Path) -> None:
+def test_second_up_while_running_is_refused(
+    stack_dir: Path, running: dict[str, Any]
+) -> None:
     result = cli("up", "--detach", cwd=stack_dir, check=False)
     assert result.returncode == 1
     assert "already running" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_down_leaves_no_process(stack_dir: Path) -> None:
-    data = status(stack_dir)
+def test_down_leaves_no_process(stack_dir: Path, running: dict[str, Any]) -> None:
+    data = running
     pids = [s["pid"] for s in data["services"] if s["pid"]] + [data["supervisor_pid"]]
     children = []
     for pid in pids:
@@ -189,16 +259,20 @@ def test_down_leaves_no_process(stack_dir: Path) -> None:
     assert status(stack_dir)["running"] is False
 
 
-def test_second_up_keeps_earlier_runs(stack_dir: Path) -> None:
+def test_second_up_keeps_earlier_runs(
+    stack_dir: Path, shell_run: ShellRun, stopped: None
+) -> None:
     cli("up", "--detach", cwd=stack_dir)
     base = api(stack_dir)
-    run = httpx.get(f"{base}/flow_runs/{SHARED['run_id']}", timeout=10).json()
+    run = httpx.get(f"{base}/flow_runs/{shell_run.id}", timeout=10).json()
     assert run["state"]["type"] == "COMPLETED"
-    assert "line-2" in run_logs(base, SHARED["run_id"])
+    assert "line-2" in run_logs(base, shell_run.id)
 
 
-def test_crashed_supervisor_is_detected_and_cleaned(stack_dir: Path) -> None:
-    data = status(stack_dir)
+def test_crashed_supervisor_is_detected_and_cleaned(
+    stack_dir: Path, running: dict[str, Any]
+) -> None:
+    data = running
     service_pids = [s["pid"] for s in data["services"] if s["pid"]]
     os.kill(data["supervisor_pid"], signal.SIGKILL)
     wait_for(lambda: status(stack_dir)["stale"], 10, "status to report a stale supervisor")
@@ -210,7 +284,7 @@ def test_crashed_supervisor_is_detected_and_cleaned(stack_dir: Path) -> None:
              "leftover services to be gone")
 
 
-def test_foreground_up_stops_everything_on_ctrl_c(stack_dir: Path) -> None:
+def test_foreground_up_stops_everything_on_ctrl_c(stack_dir: Path, stopped: None) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "prefectstack", "up"],
         cwd=stack_dir,
@@ -235,7 +309,9 @@ def test_foreground_up_stops_everything_on_ctrl_c(stack_dir: Path) -> None:
     assert status(stack_dir)["running"] is False
 
 
-def test_down_volumes_asks_then_deletes(stack_dir: Path) -> None:
+def test_down_volumes_asks_then_deletes(
+    stack_dir: Path, first_up: FirstUp, stopped: None
+) -> None:
     refused = cli("down", "--volumes", cwd=stack_dir, check=False)
     assert refused.returncode == 1 and "nothing deleted" in refused.stderr
     assert "This deletes" in refused.stdout

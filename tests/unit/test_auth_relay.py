@@ -224,7 +224,7 @@ def test_the_edge_pins_task_run_calls_to_the_first_api_process() -> None:
     from prefectstack.stack.loader import parse_stack
 
     stack = parse_stack("version: 1\napi:\n  replicas: 2\n  port: 5000\n", {})
-    caddyfile = {s.name: s for s in topology.build(stack)}["edge"].files["edge/Caddyfile"]
+    caddyfile = {s.name: s for s in topology.build(stack)}["edge"].files["edge-config/Caddyfile"]
     block = caddyfile[caddyfile.index("handle /api/task_runs/* {"):]
-    assert block.splitlines()[1].strip() == "reverse_proxy 127.0.0.1:5000 127.0.0.1:5001 {"
+    assert block.splitlines()[1].strip() == "reverse_proxy ${addr.api-1} ${addr.api-2} {"
     assert block.splitlines()[2].strip() == "lb_policy first"

@@ -1,4 +1,4 @@
-"""Users, keys and sessions in SQLite; the bootstrap admin and service keys."""
+"""Users, keys and sessions in SQLite."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import pytest
 from argon2 import PasswordHasher
 
 from prefectstack.apikeys import KEY_PATTERN, key_prefix
-from prefectstack.auth.bootstrap import ADMIN_USERNAME, bootstrap_admin, ensure_service_key
 from prefectstack.auth.roles import Role
 from prefectstack.auth.store import Store
 from prefectstack.errors import StackError
@@ -186,30 +185,3 @@ def test_last_used_is_recorded_coarsely(store: Store, clock: Clock) -> None:
     clock.now += 60
     store.verify_key(key)
     assert store.keys()[0].last_used_at == clock.now
-
-
-def test_bootstrap_admin_once(store: Store, tmp_path: Path) -> None:
-    password_file = tmp_path / "state" / "admin-password"
-    password = bootstrap_admin(store, password_file)
-    assert password is not None and len(password) >= 20
-    assert password_file.read_text().strip() == password
-    assert mode(password_file) == 0o600
-    identity = store.verify_password(ADMIN_USERNAME, password)
-    assert identity is not None and identity.role is Role.ADMIN
-    assert bootstrap_admin(store, password_file) is None
-    assert password_file.read_text().strip() == password
-
-
-def test_service_key_is_made_once_and_replaced_when_revoked(store: Store, tmp_path: Path) -> None:
-    key_file = tmp_path / "state" / "worker.key"
-    key = ensure_service_key(store, "worker", Role.WORKER, key_file)
-    assert key is not None and key_file.read_text().strip() == key
-    assert mode(key_file) == 0o600
-    assert ensure_service_key(store, "worker", Role.WORKER, key_file) is None
-    prefix = key_prefix(key)
-    assert prefix is not None
-    store.revoke_key(prefix)
-    replacement = ensure_service_key(store, "worker", Role.WORKER, key_file)
-    assert replacement is not None and replacement != key
-    with pytest.raises(StackError, match="expected viewer"):
-        ensure_service_key(store, "exporter", Role.VIEWER, key_file)

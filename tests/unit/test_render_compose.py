@@ -142,12 +142,13 @@ def test_edge_runs_the_topologys_caddyfile_with_container_addresses(
     if not stack.edge.enabled:
         assert "edge" not in doc["services"] and "Caddyfile" not in bundle.files
         return
-    local = next(s for s in topology.build(stack) if s.name == "edge").files["edge/Caddyfile"]
-    apis = " ".join(f"127.0.0.1:{p}" for p in topology.api_ports(stack))
+    local = next(s for s in topology.build(stack) if s.name == "edge").files[
+        "edge-config/Caddyfile"]
+    apis = " ".join(f"${{addr.api-{i}}}" for i in range(1, stack.api.replicas + 1))
     upstreams = "api:4200" if stack.api.replicas == 1 else "api:4200 api-replicas:4200"
     translated = (
         local.replace(apis, upstreams)
-        .replace(f"127.0.0.1:{stack.auth.port}", f"auth:{stack.auth.port}")
+        .replace("${addr.auth}", f"auth:{stack.auth.port}")
         .replace("${dir.edge}", "/var/lib/caddy")
         .replace("${path.flows}", "/srv/flows")
         # a container listens on its own network's interfaces, not the host's loopback
@@ -316,11 +317,10 @@ def test_dockerfile_builds_on_the_pinned_prefect_image() -> None:
     assert '"fastapi==0.139.2"' in dockerfile and "USER 10001" in dockerfile
     assert ".env" in bundle.files[".dockerignore"].splitlines()
     assert set(bundle.seeds) == {"requirements.txt", "flows/README.md"}
-    assert bundle.copies["app/prefectstack/runtime/dbinit.py"] == "runtime/dbinit.py"
+    assert bundle.copies["app/prefectstack/jobs/"] == "jobs/"
     assert bundle.copies["app/prefectstack/flows/"] == "flows/"
-    # The auth service and the pools one-shot run from the same image.
+    # The auth service and the one-shots run from the same image.
     assert bundle.copies["app/prefectstack/auth/"] == "auth/"
-    assert bundle.copies["app/prefectstack/runtime/pools.py"] == "runtime/pools.py"
     assert '"argon2-cffi==25.1.0"' in dockerfile
     assert "install -d -m 0700 -o 10001 -g 10001 /var/lib/prefectstack/auth" in dockerfile
 

@@ -79,12 +79,12 @@ class FakeProber:
 
 
 def daemon(name: str, *deps: str, **kw: object) -> Service:
-    return Service(name=name, kind="daemon", argv=(name,), depends_on=deps,
+    return Service(name=name, role="worker", kind="daemon", argv=(name,), depends_on=deps,
                    probe=Probe("http", port=1), **kw)  # type: ignore[arg-type]
 
 
 def oneshot(name: str, *deps: str, **kw: object) -> Service:
-    return Service(name=name, kind="oneshot", argv=(name,), depends_on=deps,
+    return Service(name=name, role="pools", kind="oneshot", argv=(name,), depends_on=deps,
                    probe=Probe("exit"), **kw)  # type: ignore[arg-type]
 
 
@@ -173,7 +173,8 @@ def test_independent_services_start_together() -> None:
 
 
 def test_alive_probe_passes_after_the_process_stays_up() -> None:
-    rig = Rig([Service(name="loop", kind="daemon", argv=("x",), probe=Probe("alive"))])
+    rig = Rig([Service(name="loop", role="worker", kind="daemon", argv=("x",),
+                       probe=Probe("alive"))])
     rig.tick()
     rig.clock.advance(ALIVE_READY_SECONDS / 2)
     rig.tick()

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from prefectstack import topology
+from prefectstack.layout import Layout
+from prefectstack.runtime import programs
+from prefectstack.runtime.local import Resolver
 from prefectstack.stack.model import CURRENT_VERSION, Stack
 from prefectstack.topology import Service, order
 
@@ -27,6 +32,29 @@ def stack(**data: Any) -> Stack:
 
 def build(**data: Any) -> dict[str, Service]:
     return {s.name: s for s in topology.build(stack(**data))}
+
+
+def resolver(the_stack: Stack) -> Resolver:
+    """The local backend's view, with stand-in secret values."""
+    services = topology.build(the_stack)
+    values = {n: f"<{n}>" for n in topology.secret_names(services)}
+    return Resolver(Layout(Path("/state")), values | topology.external_values(the_stack),
+                    {"flows": "/flows"}, {s.name: s.ports[0] for s in services if s.ports},
+                    topology.public_url(the_stack))
+
+
+def local(**data: Any) -> dict[str, Service]:
+    """Each service as the local backend runs it: placeholders resolved, its own argv,
+    environment and files."""
+    the_stack = stack(**data)
+    resolve = resolver(the_stack)
+    return {
+        s.name: dataclasses.replace(
+            s, argv=tuple(resolve(a) for a in programs.argv(s)),
+            env={k: resolve(v) for k, v in programs.env(s).items()},
+            files={k: resolve(v) for k, v in programs.files(s).items()})
+        for s in topology.build(the_stack)
+    }
 
 
 def servers(services: dict[str, Service]) -> list[Service]:
@@ -91,7 +119,7 @@ def test_extra_apis_wait_for_the_first_and_skip_block_registration() -> None:
 
 @stacks
 def test_every_server_process_agrees(data: dict[str, Any]) -> None:
-    procs = servers(build(**data))
+    procs = servers(local(**data))
     assert {p.name for p in procs} >= {"migrate", "api-1"}
     # API processes share one docket name, never the services process's hard-coded
     # `prefect`: a docket worker drops tasks it did not register.
@@ -110,7 +138,7 @@ def test_every_server_process_agrees(data: dict[str, Any]) -> None:
 
 @stacks
 def test_every_server_process_has_all_redis_settings_together(data: dict[str, Any]) -> None:
-    for p in servers(build(**data)):
+    for p in servers(local(**data)):
         for key, value in REDIS_SETTINGS.items():
             assert p.env.get(key) == value, f"{p.name}: {key}"
         for key in ("PREFECT_REDIS_MESSAGING_URL", "PREFECT_SERVER_DOCKET_URL"):
@@ -121,7 +149,7 @@ def test_every_server_process_has_all_redis_settings_together(data: dict[str, An
 
 
 def test_external_redis_url_gets_per_purpose_databases() -> None:
-    services = build(redis={"mode": "external", "url": "redis://:pw@cache:6379/7"})
+    services = local(redis={"mode": "external", "url": "redis://:pw@cache:6379/7"})
     assert "redis" not in services
     api = services["api-1"]
     assert api.env["PREFECT_REDIS_MESSAGING_URL"] == "redis://:pw@cache:6379/0"
@@ -177,7 +205,7 @@ def test_topology_does_not_read_the_process_environment(monkeypatch: pytest.Monk
 
 
 def test_postgres_and_redis_listen_on_loopback_only() -> None:
-    services = build()
+    services = local()
     pg = services["postgres"]
     settings = [pg.argv[i + 1] for i, a in enumerate(pg.argv) if a == "-c"]
     assert [s for s in settings if s.startswith("listen_addresses=")] == [
@@ -188,7 +216,9 @@ def test_postgres_and_redis_listen_on_loopback_only() -> None:
     assert pg.probe.host == "127.0.0.1" and pg.probe.port == pg.ports[0]
     assert pg.stop_signal == "SIGINT"
 
-    conf = services["redis"].files["redis/redis.conf"]
+    conf = services["redis"].files[programs.REDIS_CONF]
+    assert "requirepass <redis_password>" in conf.splitlines()
+    assert 'save ""' in conf.splitlines()
     binds = [line for line in conf.splitlines() if line.startswith("bind ")]
     assert binds == ["bind 127.0.0.1"]
     assert "protected-mode yes" in conf.splitlines()
@@ -196,13 +226,13 @@ def test_postgres_and_redis_listen_on_loopback_only() -> None:
 
 
 def test_custom_postgres_settings_do_not_displace_loopback() -> None:
-    pg = build(postgres={"settings": {"work_mem": "64MB"}})["postgres"]
+    pg = local(postgres={"settings": {"work_mem": "64MB"}})["postgres"]
     assert "work_mem=64MB" in pg.argv
     assert "listen_addresses=127.0.0.1" in pg.argv
 
 
 def test_every_listener_is_loopback() -> None:
-    for svc in build(api={"replicas": 2}).values():
+    for svc in local(api={"replicas": 2}).values():
         assert svc.probe.host == "127.0.0.1", svc.name
         if "--host" in svc.argv:
             assert svc.argv[svc.argv.index("--host") + 1] == "127.0.0.1", svc.name
@@ -211,7 +241,7 @@ def test_every_listener_is_loopback() -> None:
 
 
 def test_external_postgres_has_no_postgres_service() -> None:
-    services = build(postgres=EXTERNAL_PG)
+    services = local(postgres=EXTERNAL_PG)
     assert "postgres" not in services
     db_init = services["db-init"]
     assert db_init.depends_on == ()
@@ -220,11 +250,16 @@ def test_external_postgres_has_no_postgres_service() -> None:
     assert db_init.env["PREFECTSTACK_DB_URL"] == EXTERNAL_PG["url"]
     url = services["api-1"].env["PREFECT_SERVER_DATABASE_CONNECTION_URL"]
     assert url == "postgresql+asyncpg://prefect:hunter2@db.internal:5432/prefect"
-    assert "postgres_superuser_password" not in topology.secret_names(list(services.values()))
+    assert "postgres_superuser_password" not in topology.secret_names(
+        list(build(postgres=EXTERNAL_PG).values()))
+    # The stack file's literal password is no generated secret: the backends get its value.
+    assert topology.external_values(stack(postgres=EXTERNAL_PG)) == {
+        "prefect_server_database_connection_url": url,
+        "prefectstack_db_url": EXTERNAL_PG["url"]}
 
 
 def test_workers() -> None:
-    services = build(**STACKS["two-workers"])
+    services = local(**STACKS["two-workers"])
     a, b = services["a"], services["b"]
     assert a.argv[:3] == ("prefect", "worker", "start")
     assert a.argv[a.argv.index("--pool") + 1] == "p1"
@@ -238,12 +273,11 @@ def test_workers() -> None:
         assert w.depends_on == ("edge", "pools")
         assert w.env["PREFECT_API_URL"] == "https://localhost:4200/api"
         # An auth string, not PREFECT_API_KEY: Prefect's websockets carry only the former.
-        assert w.env["PREFECT_API_AUTH_STRING"] == "stack-worker:${secret.worker_api_key}"
+        assert w.env["PREFECT_API_AUTH_STRING"] == "stack-worker:<worker_api_key>"
         assert "PREFECT_API_KEY" not in w.env
-        assert w.env["PREFECT_API_SSL_CERT_FILE"].startswith("${dir.edge}/")
+        assert w.env["PREFECT_API_SSL_CERT_FILE"] == str(Layout(Path("/state")).edge_ca)
         assert w.probe.kind == "http" and w.probe.path == "/health"
-    no_edge = topology.build(stack(edge={"enabled": False}, workers=[{"name": "a", "pool": "p"}]))
-    direct = {s.name: s for s in no_edge}["a"]
+    direct = local(edge={"enabled": False}, workers=[{"name": "a", "pool": "p"}])["a"]
     assert direct.depends_on == ("api-1", "pools")
     assert direct.env["PREFECT_API_URL"] == "http://127.0.0.1:14200/api"
     assert "PREFECT_API_KEY" not in direct.env
@@ -264,7 +298,7 @@ def test_ports_are_unique_in_the_default_and_replicated_stacks() -> None:
 
 
 def _svc(name: str, *deps: str) -> Service:
-    return Service(name=name, kind="daemon", argv=("true",), depends_on=deps)
+    return Service(name=name, role="worker", kind="daemon", argv=("true",), depends_on=deps)
 
 
 def test_order_is_topological_and_stable() -> None:
@@ -300,9 +334,11 @@ def test_probe_describe(probe: topology.Probe, text: str) -> None:
 
 
 def test_a_localhost_edge_listens_on_loopback_only() -> None:
-    local = {s.name: s for s in topology.build(stack())}["edge"].files["edge/Caddyfile"]
-    assert local.count("\tbind 127.0.0.1\n") == 2  # the HTTPS site and the redirect
-    public = {s.name: s for s in topology.build(stack(edge={"host": "prefect.example.com"}))}
-    assert "bind" not in public["edge"].files["edge/Caddyfile"]
-    chosen = topology.build(stack(edge={"host": "prefect.example.com", "bind": ["10.0.0.5"]}))
-    assert "\tbind 10.0.0.5\n" in {s.name: s for s in chosen}["edge"].files["edge/Caddyfile"]
+    caddyfile = "edge-config/Caddyfile"
+    here = local()["edge"].files[caddyfile]
+    assert here.count("\tbind 127.0.0.1\n") == 2  # the HTTPS site and the redirect
+    assert "to 127.0.0.1:14200" in here or "127.0.0.1:14200" in here  # upstreams resolved
+    public = local(edge={"host": "prefect.example.com"})
+    assert "bind" not in public["edge"].files[caddyfile]
+    chosen = local(edge={"host": "prefect.example.com", "bind": ["10.0.0.5"]})
+    assert "\tbind 10.0.0.5\n" in chosen["edge"].files[caddyfile]

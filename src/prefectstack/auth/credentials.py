@@ -17,8 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from prefectstack.apikeys import key_prefix
 from prefectstack.auth.roles import SAFE_METHODS
-from prefectstack.auth.store import Identity, Store, key_prefix
+from prefectstack.auth.store import Identity, Store
 from prefectstack.auth.throttle import Throttle
 
 

@@ -14,8 +14,7 @@ import click
 
 from prefectstack import console, prefect_api, tools
 from prefectstack.errors import StackError
-
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+from prefectstack.urls import LOOPBACK_HOSTS, api_url
 
 
 @click.group()
@@ -91,8 +90,7 @@ def _api_url(server: str) -> str:
         raise StackError(f"--server {server}: expected https://HOST[:PORT]", exit_code=2)
     if parts.scheme == "http" and parts.hostname not in LOOPBACK_HOSTS:
         console.warn(f"{server} is plain http: the API key crosses the network unencrypted")
-    url = server.rstrip("/")
-    return url if url.endswith("/api") else url + "/api"
+    return api_url(server)
 
 
 def _default_name(pool: str) -> str:

@@ -31,6 +31,8 @@ from prefectstack.prefect_api import PrefectApi, Target
 from prefectstack.runtime import edge, secrets
 from prefectstack.stack.deployments import MANAGED_TAG
 from prefectstack.stack.loader import LoadedStack
+from prefectstack.topology import credentials
+from prefectstack.urls import api_url
 
 
 def target_for(loaded: LoadedStack, server: str | None = None, key: str | None = None,
@@ -43,14 +45,13 @@ def target_for(loaded: LoadedStack, server: str | None = None, key: str | None =
         if not server.startswith(("http://", "https://")):
             raise StackError(f"--server {server}: expected an http:// or https:// URL",
                              exit_code=2)
-        url = server.rstrip("/")
-        url = url if url.endswith("/api") else url + "/api"
-        return Target(url, api_key=key or None, auth_string=auth, ca_file=ca_file or None)
+        return Target(api_url(server), api_key=key or None, auth_string=auth,
+                      ca_file=ca_file or None)
     stack = loaded.stack
     if not stack.edge.enabled:
         url = f"http://{topology.LOOPBACK}:{stack.api.port}/api"
         return Target(url, api_key=key or None, auth_string=auth, ca_file=ca_file or None)
-    own_key = key or secrets.load(loaded.state_dir).get("deployer_api_key")
+    own_key = key or secrets.load(loaded.state_dir).get(credentials.DEPLOYER_API_KEY)
     if not own_key:
         raise StackError(
             f"no key for this stack's edge in {loaded.state_dir}",

@@ -1,13 +1,12 @@
-"""What every renderer shares: pinned versions, the output bundle, YAML dumping and the
-`${secret.NAME}` placeholder syntax of the topology.
+"""What every renderer shares: pinned versions, the output bundle, and YAML dumping (the
+topology's placeholders are `topology.placeholders`).
 
 Pure: nothing here touches the disk, the network, processes or the environment.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,9 +31,6 @@ APP_UID = 10001
 APP_DIR = "/opt/prefectstack"
 HOME_DIR = "/var/lib/prefect"
 AUTH_DIR = "/var/lib/prefectstack/auth"  # the auth service's users, keys and audit log
-
-_SECRET = re.compile(r"\$\{secret\.([A-Za-z0-9_]+)\}")
-
 
 @dataclass(frozen=True)
 class Bundle:
@@ -82,25 +78,6 @@ def dump_yaml_all(documents: Iterable[Any]) -> str:
         list(documents), Dumper=_Dumper, sort_keys=False, width=4096, allow_unicode=True,
         explicit_start=True,
     )
-
-
-def secret_refs(text: str) -> list[str]:
-    """Names of the `${secret.NAME}` placeholders in `text`, in order."""
-    return _SECRET.findall(text)
-
-
-def replace_secrets(text: str, replace: Callable[[str], str], escape: Callable[[str], str]
-                    ) -> str:
-    """Turn each placeholder into `replace(name)` and every other piece of text into
-    `escape(piece)` (each target has its own interpolation syntax to protect)."""
-    out: list[str] = []
-    last = 0
-    for match in _SECRET.finditer(text):
-        out.append(escape(text[last:match.start()]))
-        out.append(replace(match.group(1)))
-        last = match.end()
-    out.append(escape(text[last:]))
-    return "".join(out)
 
 
 def env_name(secret_name: str) -> str:

@@ -7,8 +7,10 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from prefectstack.render.common import AUTH_DIR, POSTGRES_IMAGE, env_name, replace_secrets
-from prefectstack.render.plan import EDGE_DIR, Edge, Plan
+from prefectstack.layout import EDGE_CA_IN_VOLUME
+from prefectstack.render.common import AUTH_DIR, POSTGRES_IMAGE, env_name
+from prefectstack.render.containers import EDGE_DIR, Edge, Plan
+from prefectstack.topology.placeholders import replace_secrets
 
 
 def interpolate(text: str) -> str:
@@ -170,7 +172,7 @@ def _edge_readme(url: str, edge: Edge) -> str:
 The certificate comes from the stack's own CA (`tls internal`, kept in the `edge` volume).
 Trust it in browsers and Prefect clients outside the project:
 
-    docker compose cp edge:{EDGE_DIR}/data/pki/authorities/local/root.crt ca.crt
+    docker compose cp edge:{EDGE_DIR}/{EDGE_CA_IN_VOLUME} ca.crt
     export PREFECT_API_SSL_CERT_FILE=$PWD/ca.crt
 """
     else:

@@ -14,10 +14,10 @@ import json
 from typing import Any
 
 from prefectstack import topology
-from prefectstack.render import grafana, plan, prometheus
+from prefectstack.render import containers, grafana, prometheus
 from prefectstack.render.common import GRAFANA_IMAGE, PROMETHEUS_IMAGE, dump_yaml
 from prefectstack.render.compose_extras import healthcheck, interpolate
-from prefectstack.render.plan import Plan
+from prefectstack.render.containers import Plan
 from prefectstack.stack.model import Stack
 
 SERVICES = ("prometheus", "grafana")
@@ -38,7 +38,7 @@ def files(stack: Stack, the_plan: Plan) -> dict[str, str]:
     apis = [c.name for c in the_plan.containers if c.scalable]
     return {
         f"{PROMETHEUS_DIR}/{prometheus.CONFIG_FILE}": HEADER + dump_yaml(
-            prometheus.config(stack, apis, plan.CONTAINER_PORTS["api"])),
+            prometheus.config(stack, apis, containers.CONTAINER_PORTS["api"])),
         f"{PROMETHEUS_DIR}/{prometheus.RULES_FILE}": HEADER + dump_yaml(
             prometheus.alert_rules(stack)),
         f"{GRAFANA_DIR}/provisioning/datasources/prometheus.yml": HEADER + dump_yaml(

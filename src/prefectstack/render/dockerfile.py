@@ -23,11 +23,9 @@ from prefectstack.render.common import (
 PACKAGE_FILES = (
     "__init__.py",
     "errors.py",
-    "runtime/__init__.py",
-    "runtime/dbinit.py",
-    "runtime/examples.py",
-    "runtime/pools.py",
-    "runtime/secrets.py",
+    "apikeys.py",
+    "layout.py",
+    "jobs/",
     "auth/",
     "flows/",
 )

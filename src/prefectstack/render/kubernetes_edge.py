@@ -13,11 +13,11 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from prefectstack.render import containers
 from prefectstack.render import kubernetes_pods as pods
-from prefectstack.render import plan
 from prefectstack.render.common import APP_DIR
+from prefectstack.render.containers import Container, Edge
 from prefectstack.render.kubernetes_pods import Context
-from prefectstack.render.plan import Container, Edge
 
 CONFIG_MAP = "edge-caddyfile"
 TRUSTED_PROXIES = "static private_ranges"
@@ -25,7 +25,7 @@ TRUSTED_PROXIES = "static private_ranges"
 
 def caddyfile(edge: Edge) -> str:
     # One upstream: the `api` Service spreads requests over every API pod.
-    return edge.caddyfile(public=False, upstreams=(f"api:{plan.CONTAINER_PORTS['api']}",),
+    return edge.caddyfile(public=False, upstreams=(f"api:{containers.CONTAINER_PORTS['api']}",),
                           trusted_proxies=TRUSTED_PROXIES)
 
 
@@ -48,9 +48,9 @@ def objects(ctx: Context, c: Container) -> list[dict[str, Any]]:
     # bounding set (allowPrivilegeEscalation: false still keeps it from taking effect).
     main["securityContext"]["capabilities"]["add"] = ["NET_BIND_SERVICE"]
     main["volumeMounts"] = [
-        {"name": "caddyfile", "mountPath": plan.CONFIG_DIRS["edge"], "readOnly": True},
+        {"name": "caddyfile", "mountPath": containers.CONFIG_DIRS["edge"], "readOnly": True},
         *({"name": name, "mountPath": path} for name, path in c.volumes.items()),
-        {"name": "flows", "mountPath": plan.FLOWS_MOUNT, "readOnly": True},
+        {"name": "flows", "mountPath": containers.FLOWS_MOUNT, "readOnly": True},
     ]
     # Probing through to the API says whether the edge can serve; whether Caddy itself is
     # alive must not depend on the API (a restart would not help it).
@@ -73,10 +73,10 @@ def _copy_flows(ctx: Context) -> dict[str, Any]:
     return {
         "name": "copy-flows",
         "image": ctx.app_image,
-        "command": ["cp", "-R", f"{APP_DIR}/flows/.", f"{plan.FLOWS_MOUNT}/"],
+        "command": ["cp", "-R", f"{APP_DIR}/flows/.", f"{containers.FLOWS_MOUNT}/"],
         "resources": pods.resources("wait"),
         "securityContext": pods.container_security(),
-        "volumeMounts": [{"name": "flows", "mountPath": plan.FLOWS_MOUNT}],
+        "volumeMounts": [{"name": "flows", "mountPath": containers.FLOWS_MOUNT}],
     }
 
 

@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from prefectstack import topology
-from prefectstack.render import plan
+from prefectstack.render import containers
 from prefectstack.render.common import (
     APP_DIR,
     APP_UID,
@@ -22,10 +22,9 @@ from prefectstack.render.common import (
     POSTGRES_IMAGE,
     REDIS_IMAGE,
     env_name,
-    replace_secrets,
-    secret_refs,
 )
-from prefectstack.render.plan import Container, Plan
+from prefectstack.render.containers import Container, Plan
+from prefectstack.topology.placeholders import replace_secrets, secret_refs
 
 PART_OF = "prefectstack"
 SCRIPTS_DIR = f"{APP_DIR}/scripts"
@@ -61,7 +60,7 @@ class Context:
         return images.get(c.image, self.app_image)
 
     def labels(self, c: Container) -> dict[str, str]:
-        component = c.name if c.role == "other" else c.role
+        component = c.role
         return {"app.kubernetes.io/name": c.name, "app.kubernetes.io/component": component,
                 "app.kubernetes.io/instance": self.namespace, "app.kubernetes.io/part-of": PART_OF}
 
@@ -105,9 +104,10 @@ def plain_env(c: Container) -> dict[str, str]:
 
 
 def _env(c: Container) -> dict[str, str]:
-    env = plan.image_env(c) | c.env
+    env = containers.image_env(c) | c.env
     if c.image == "postgres":
-        env["PGDATA"] = f"{plan.VOLUME_PATHS['pgdata']}/pgdata"  # a volume's root has lost+found
+        # A volume's root has lost+found: the data dir is one level down.
+        env["PGDATA"] = f"{containers.VOLUME_PATHS['pgdata']}/pgdata"
     return env
 
 
@@ -144,7 +144,7 @@ def _probes(c: Container) -> dict[str, Any]:
         start = {"httpGet": {"path": alive_path, "port": c.probe.port}, "periodSeconds": 5,
                  "failureThreshold": 60}
         return {"startupProbe": start, "readinessProbe": ready, "livenessProbe": alive}
-    command = plan.probe_command(c.probe, c.image)
+    command = containers.probe_command(c.probe, c.image)
     if command is None or c.probe.kind == "alive":
         return {}  # no endpoint: Kubernetes restarts the container when its process exits
     check = {"exec": {"command": command}, **timing}

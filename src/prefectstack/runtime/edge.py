@@ -9,6 +9,7 @@ from pathlib import Path
 
 from prefectstack.layout import Layout
 from prefectstack.runtime import secrets
+from prefectstack.topology import credentials
 
 
 def export_ca(state_dir: Path) -> Path:
@@ -28,7 +29,7 @@ def admin_password_once(state_dir: Path) -> str | None:
     marker = Layout(state_dir).admin_shown_marker
     if marker.exists():
         return None
-    password = secrets.load(state_dir).get("admin_password")
+    password = secrets.load(state_dir).get(credentials.ADMIN_PASSWORD)
     if password is None:
         return None
     marker.touch(mode=0o600)

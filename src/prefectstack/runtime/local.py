@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import sys
 import time
@@ -17,39 +16,50 @@ import psutil
 from prefectstack import console, tools, topology
 from prefectstack.errors import StackError
 from prefectstack.layout import Layout
-from prefectstack.runtime import pgdata, ports, secrets, service_health, state
+from prefectstack.runtime import pgdata, ports, programs, secrets, service_health, state
 from prefectstack.runtime.binaries import postgres_bin_dir, resolve_argv
 from prefectstack.runtime.logfiles import LogFollower, tail_lines
 from prefectstack.runtime.probes import RealProber
 from prefectstack.runtime.supervisor import Supervisor
 from prefectstack.stack.loader import LoadedStack
-from prefectstack.topology import Service
+from prefectstack.topology import LOOPBACK, Service, credentials, placeholders
 
-_PLACEHOLDER = re.compile(r"\$\{(secret|dir|path)\.([A-Za-z0-9_-]+)\}")
 TICK_SECONDS = 0.2
 LOG_ROTATE_BYTES = 20 * 1024 * 1024
 
 
 class Resolver:
-    """Replace `${secret.X}`, `${dir.X}` and `${path.X}` with this host's values."""
+    """Fill in the topology's placeholders with this host's values."""
 
     def __init__(
-        self, layout: Layout, secret_values: dict[str, str], paths: dict[str, str]
+        self, layout: Layout, secret_values: dict[str, str], paths: dict[str, str],
+        ports: dict[str, int], edge_url: str = "",
     ) -> None:
         self.layout = layout
         self.secrets = secret_values
         self.paths = paths
+        self.ports = ports
+        self.edge_url = edge_url
+
+    def value(self, kind: str, name: str) -> str:
+        if kind == "secret":
+            return self.secrets[name]
+        if kind == "dir":
+            return str(self.layout.volume(name))
+        if kind == "path":
+            return self.paths[name]
+        if kind == "addr":
+            return f"{LOOPBACK}:{self.ports[name]}"
+        if kind == "port":
+            return str(self.ports[name])
+        if kind == "bind":
+            return LOOPBACK
+        if kind == "url" and name == "edge" and self.edge_url:
+            return self.edge_url
+        raise StackError(f"no local value for ${{{kind}.{name}}}")
 
     def __call__(self, text: str) -> str:
-        def sub(match: re.Match[str]) -> str:
-            kind, name = match.groups()
-            if kind == "dir":
-                return str(self.layout.volume(name))
-            if kind == "path":
-                return self.paths[name]
-            return self.secrets[name]
-
-        return _PLACEHOLDER.sub(sub, text)
+        return placeholders.substitute(text, self.value)
 
 
 class LocalLauncher:
@@ -62,10 +72,10 @@ class LocalLauncher:
 
     def start(self, svc: Service) -> tools.Process:
         argv = resolve_argv(
-            tuple(self.resolve(a) for a in svc.argv), self.stack.postgres.mode,
+            tuple(self.resolve(a) for a in programs.argv(svc)), self.stack.postgres.mode,
             self.stack.redis.mode,
         )
-        env = _base_env() | {k: self.resolve(v) for k, v in svc.env.items()}
+        env = _base_env() | {k: self.resolve(v) for k, v in programs.env(svc).items()}
         log = self._log(svc.name)
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         log.write(f"{service_health.RESTART_MARKER}{svc.name} at {stamp} ---\n".encode())
@@ -98,8 +108,14 @@ def prepare(loaded: LoadedStack, services: list[Service]) -> tuple[Layout, Resol
     layout.root.chmod(0o700 if not pgdata.is_root() else 0o711)
     layout.logs.mkdir(exist_ok=True)
     layout.data.mkdir(exist_ok=True)
-    values = secrets.ensure(layout.root, topology.secret_names(services) | _extra_secrets(loaded))
-    resolve = Resolver(layout, values, {"flows": str(flows_dir(loaded))})
+    external = topology.external_values(loaded.stack)
+    needed = topology.generated_secret_names(loaded.stack)
+    values = secrets.ensure(layout.root, needed | _extra_secrets(loaded)) | external
+    resolve = Resolver(
+        layout, values, {"flows": str(flows_dir(loaded))},
+        {svc.name: svc.ports[0] for svc in services if svc.ports},
+        topology.public_url(loaded.stack) if loaded.stack.edge.enabled else "",
+    )
     for svc in services:
         owner = svc.run_as if (svc.run_as and pgdata.is_root()) else None
         if owner:
@@ -109,7 +125,7 @@ def prepare(loaded: LoadedStack, services: list[Service]) -> tuple[Layout, Resol
                 layout.volume(volume).mkdir(parents=True, exist_ok=True)
                 if owner:
                     pgdata.chown_tree(layout.volume(volume), owner)
-        for rel, content in svc.files.items():
+        for rel, content in programs.files(svc).items():
             secrets.write_private(layout.data / rel, resolve(content))
             if owner:
                 pgdata.chown_tree(layout.data / rel, owner)
@@ -121,7 +137,7 @@ def prepare(loaded: LoadedStack, services: list[Service]) -> tuple[Layout, Resol
                 layout.volume("pgdata"),
                 postgres_bin_dir(loaded.stack.postgres.mode),
                 svc.run_as,
-                values["postgres_superuser_password"],
+                values[credentials.POSTGRES_SUPERUSER_PASSWORD],
             )
     return layout, resolve
 
@@ -133,7 +149,8 @@ def flows_dir(loaded: LoadedStack) -> Path:
 
 
 def _extra_secrets(loaded: LoadedStack) -> set[str]:
-    return {"postgres_superuser_password"} if loaded.stack.postgres.mode != "external" else set()
+    local = loaded.stack.postgres.mode != "external"
+    return {credentials.POSTGRES_SUPERUSER_PASSWORD} if local else set()
 
 
 def check_not_running(state_dir: Path) -> None:

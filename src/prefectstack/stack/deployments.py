@@ -13,7 +13,9 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
+
+from prefectstack.stack.base import StrictModel
 
 # Marks the deployments and variables prefectstack manages; other object types are listed
 # in the `prefectstack_managed_<kind>` variables instead (they have no tags).
@@ -40,10 +42,6 @@ def _json_value(value: Any) -> Any:
 JsonValue = Annotated[Any, AfterValidator(_json_value)]
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
 def _unique(what: str, key: Callable[[Any], str] = lambda item: item.name) -> Callable[
     [Sequence[Any]], Any
 ]:
@@ -66,7 +64,7 @@ def _no_reserved_tag(tags: list[str]) -> list[str]:
 Tags = Annotated[list[Tag], AfterValidator(_no_reserved_tag)]
 
 
-class WorkQueueConfig(_Model):
+class WorkQueueConfig(StrictModel):
     """A work queue inside a work pool."""
 
     name: ObjectName = Field(description="Queue name, unique in its pool.")
@@ -80,7 +78,7 @@ class WorkQueueConfig(_Model):
     paused: bool = Field(False, description="A paused queue hands out no runs.")
 
 
-class WorkPoolConfig(_Model):
+class WorkPoolConfig(StrictModel):
     """A work pool: where deployments send their runs and workers pick them up."""
 
     name: ObjectName = Field(
@@ -121,7 +119,7 @@ class WorkPoolConfig(_Model):
         return self
 
 
-class SourceConfig(_Model):
+class SourceConfig(StrictModel):
     """Where a worker gets a deployment's code: a local directory, or a git repository."""
 
     path: str | None = Field(
@@ -160,7 +158,7 @@ class SourceConfig(_Model):
         return self
 
 
-class ScheduleConfig(_Model):
+class ScheduleConfig(StrictModel):
     """One schedule of a deployment: exactly one of `cron`, `interval` or `rrule`."""
 
     cron: str | None = Field(None, description="Cron expression, e.g. `0 9 * * 1-5`.")
@@ -204,7 +202,7 @@ class ScheduleConfig(_Model):
         return self
 
 
-class DeploymentConfig(_Model):
+class DeploymentConfig(StrictModel):
     """A deployment: a flow, where its code lives, where it runs, and when."""
 
     name: ObjectName = Field(description="Deployment name (unique per flow).")
@@ -256,7 +254,7 @@ class DeploymentConfig(_Model):
         return self
 
 
-class ConcurrencyLimitConfig(_Model):
+class ConcurrencyLimitConfig(StrictModel):
     """A global concurrency limit, used by `concurrency()` / `rate_limit()` in flows."""
 
     name: ObjectName = Field(description="Limit name, as flows refer to it.")
@@ -268,7 +266,7 @@ class ConcurrencyLimitConfig(_Model):
     )
 
 
-class VariableConfig(_Model):
+class VariableConfig(StrictModel):
     """A Prefect variable (plain configuration; use `secrets` for anything sensitive)."""
 
     name: VariableName = Field(description="Variable name (lowercase, digits, `-`, `_`).")
@@ -278,7 +276,7 @@ class VariableConfig(_Model):
     tags: Tags = Field(default_factory=list, description="Tags of the variable.")
 
 
-class SecretConfig(_Model):
+class SecretConfig(StrictModel):
     """A Prefect Secret block. The value is read when planning, from an environment variable
     or a file, and stored only on the server, never in stack.yaml or rendered files."""
 

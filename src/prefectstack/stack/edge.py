@@ -5,16 +5,18 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
+
+from prefectstack.stack.base import StrictModel
+from prefectstack.urls import LOOPBACK_HOSTS
 
 Port = Annotated[int, Field(ge=1, le=65535)]
-LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+# Old name, still imported by render/compose.py; new code imports prefectstack.urls.
+LOCAL_HOSTS = LOOPBACK_HOSTS
 
 
-class EdgeConfig(BaseModel):
+class EdgeConfig(StrictModel):
     """Caddy: the only listener reachable from other machines."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = Field(
         True,
@@ -64,11 +66,11 @@ class EdgeConfig(BaseModel):
         """Where the local edge binds; [] means every interface."""
         if self.bind is not None:
             return list(self.bind)
-        return ["127.0.0.1"] if self.host in LOCAL_HOSTS else []
+        return ["127.0.0.1"] if self.host in LOOPBACK_HOSTS else []
 
     @property
     def internal_tls(self) -> bool:
-        if self.host in LOCAL_HOSTS:
+        if self.host in LOOPBACK_HOSTS:
             return True
         try:
             ipaddress.ip_address(self.host.strip("[]"))
@@ -82,10 +84,8 @@ class EdgeConfig(BaseModel):
         return f"https://{self.host}{port}"
 
 
-class AuthConfig(BaseModel):
+class AuthConfig(StrictModel):
     """The auth service Caddy asks before every request (users, roles, API keys, audit)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     port: Port = Field(14180, description="Loopback port of the auth service.")
     session_hours: float = Field(

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from prefectstack.stack.base import StrictModel
 from prefectstack.stack.deployments import (
     ConcurrencyLimits,
     Deployments,
@@ -39,11 +40,7 @@ RESERVED_SERVER_SETTING_PREFIXES = (
 )
 
 
-class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class PostgresConfig(Model):
+class PostgresConfig(StrictModel):
     """Where Prefect's metadata database comes from."""
 
     mode: Literal["embedded", "system", "external"] = Field(
@@ -104,7 +101,7 @@ class PostgresConfig(Model):
         return self
 
 
-class RedisConfig(Model):
+class RedisConfig(StrictModel):
     """Messaging, cache, ordering, leases and docket for the Prefect server processes."""
 
     mode: Literal["embedded", "system", "external"] = Field(
@@ -130,7 +127,7 @@ class RedisConfig(Model):
         return self
 
 
-class ApiConfig(Model):
+class ApiConfig(StrictModel):
     """The Prefect API + UI processes (`prefect server start --no-services`)."""
 
     replicas: int = Field(1, ge=1, le=16, description="Number of API processes.")
@@ -170,13 +167,13 @@ class ApiConfig(Model):
         return settings
 
 
-class ServicesConfig(Model):
+class ServicesConfig(StrictModel):
     """The background-services process (`prefect server services start`)."""
 
     enabled: bool = Field(True, description="Run scheduler, late runs, vacuum and the other loops.")
 
 
-class WorkerConfig(Model):
+class WorkerConfig(StrictModel):
     """A worker that runs on this host."""
 
     name: Name = Field(description="Worker name, unique in the stack (lowercase, digits, dashes).")
@@ -195,7 +192,7 @@ class WorkerConfig(Model):
     )
 
 
-class ExamplesConfig(Model):
+class ExamplesConfig(StrictModel):
     """The bundled example deployments registered on `up`."""
 
     enabled: bool = Field(True, description="Register the hello and shell-command deployments.")
@@ -211,7 +208,7 @@ def _default_workers() -> list[WorkerConfig]:
     return [WorkerConfig.model_validate({"name": "worker-1", "pool": "default"})]
 
 
-class Stack(Model):
+class Stack(StrictModel):
     """A whole self-hosted Prefect platform."""
 
     version: Literal[1] = Field(description="Stack file format version. The current one is 1.")

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from prefectstack.stack.base import StrictModel
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 
-class MonitoringConfig(BaseModel):
+class MonitoringConfig(StrictModel):
     """Prometheus scraping every API process, with alert rules, and Grafana with a
     provisioned dashboard (rendered by `prefectstack render compose`)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = Field(
         False,

@@ -1,7 +1,8 @@
 """The Caddyfile of the edge: HTTPS, auth and load balancing over the Prefect API processes.
 
 Pure text from data, shared by every target that runs Caddy: the local edge renders it with
-loopback upstreams, compose and Kubernetes with container addresses (`plan.Edge`).
+loopback upstreams, compose and Kubernetes with container addresses
+(`render.containers.Edge`).
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from prefectstack.stack.edge import EdgeConfig
-
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+from prefectstack.urls import LOOPBACK_HOSTS
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from prefectstack import topology
-from prefectstack.render import compose, plan
+from prefectstack.render import compose, containers
 from prefectstack.stack.model import CURRENT_VERSION, Stack
 from prefectstack.topology import Service
 
@@ -39,7 +39,11 @@ def stack(name: str) -> Stack:
 
 def normalize(value: str) -> str:
     """Erase what legitimately differs between targets: addresses, ports, data dirs, and the
-    scheme of the edge (HTTPS outside, plain HTTP on the private network)."""
+    scheme of the edge (HTTPS outside, plain HTTP on the private network), in the
+    topology's placeholders as in the containers' values."""
+    value = value.replace("${url.edge}", "SCHEME://HOST:PORT")
+    value = re.sub(r"\$\{addr\.[^}]+\}", "HOST:PORT", value)
+    value = re.sub(r"^(\$\{port\.[^}]+\}|\$\{bind\.host\})$", "BIND", value)
     value = re.sub(r"^https?://", "SCHEME://", value)
     value = ADDRESS.sub("HOST:PORT", value)
     value = re.sub(r"\$\{dir\.[^}]+\}|/var/lib/prefectstack/auth|/var/lib/prefect|/var/lib/caddy"
@@ -47,50 +51,42 @@ def normalize(value: str) -> str:
     return re.sub(r"^(127\.0\.0\.1|0\.0\.0\.0)$|^\d{4,5}$", "BIND", value)
 
 
-def client_env(svc: Service) -> dict[str, str]:
-    """The topology's environment as a container client of the edge has it: without the CA
-    file of the edge's HTTPS listener, which it does not use."""
-    return {k: v for k, v in svc.env.items() if v != topology.edge_ca_file()}
-
-
-def resolved(value: str, external: dict[str, str]) -> str:
-    for name, literal in external.items():
-        value = value.replace(topology.secret(name), literal)
-    return value
-
-
 @pytest.fixture(params=sorted(STACKS))
-def case(request: pytest.FixtureRequest) -> tuple[list[Service], plan.Plan]:
+def case(request: pytest.FixtureRequest) -> tuple[list[Service], containers.Plan]:
     the_stack = stack(request.param)
-    return topology.build(the_stack), plan.build(the_stack)
+    return topology.build(the_stack), containers.build(the_stack)
 
 
 def test_every_topology_service_runs_in_exactly_one_container(
-    case: tuple[list[Service], plan.Plan],
+    case: tuple[list[Service], containers.Plan],
 ) -> None:
     services, the_plan = case
     sources = [s for c in the_plan.containers for s in c.sources]
     assert sorted(sources) == sorted(s.name for s in services)
 
 
-def test_programs_dependencies_and_environment_agree(case: tuple[list[Service], plan.Plan]) -> None:
+def test_programs_dependencies_and_environment_agree(
+    case: tuple[list[Service], containers.Plan],
+) -> None:
     services, the_plan = case
-    names = plan.container_names(services)
+    names = containers.container_names(services)
     for svc in services:
         c = the_plan.get(names[svc.name])
         assert c is not None
         assert c.kind == svc.kind
         assert c.command[0] == svc.argv[0], "the same logical program"
         assert c.depends_on == tuple(dict.fromkeys(names[d] for d in svc.depends_on))
-        env = client_env(svc)
+        env = svc.env
         assert set(c.env) == set(env), svc.name
         for key, value in env.items():
-            assert normalize(resolved(c.env[key], the_plan.external)) == normalize(value), key
+            assert normalize(c.env[key]) == normalize(value), key
 
 
-def test_prefect_arguments_agree_modulo_addresses(case: tuple[list[Service], plan.Plan]) -> None:
+def test_prefect_arguments_agree_modulo_addresses(
+    case: tuple[list[Service], containers.Plan],
+) -> None:
     services, the_plan = case
-    names = plan.container_names(services)
+    names = containers.container_names(services)
     for svc in services:
         if svc.argv[0] in ("prefect", "python"):
             c = the_plan.get(names[svc.name])
@@ -99,7 +95,7 @@ def test_prefect_arguments_agree_modulo_addresses(case: tuple[list[Service], pla
 
 
 def test_api_processes_two_to_n_share_the_replicas_container() -> None:
-    the_plan = plan.build(stack("three-apis"))
+    the_plan = containers.build(stack("three-apis"))
     api, replicas = the_plan.get("api"), the_plan.get("api-replicas")
     assert api is not None and replicas is not None
     assert (api.replicas, replicas.replicas) == (1, 2)
@@ -111,7 +107,7 @@ def test_api_processes_two_to_n_share_the_replicas_container() -> None:
 
 
 def test_addresses_become_container_names_but_the_public_url_stays() -> None:
-    the_plan = plan.build(stack("default"))
+    the_plan = containers.build(stack("default"))
     api, worker = the_plan.get("api"), the_plan.get("worker-1")
     assert api is not None and worker is not None
     assert "@postgres:5432/" in api.env["PREFECT_SERVER_DATABASE_CONNECTION_URL"]
@@ -120,7 +116,7 @@ def test_addresses_become_container_names_but_the_public_url_stays() -> None:
     assert worker.env["PREFECT_API_URL"] == "http://edge:8080/api"
     assert worker.env["PREFECT_WORKER_WEBSERVER_HOST"] == "0.0.0.0"
     assert "127.0.0.1" not in " ".join(api.command)
-    worker = plan.build(stack("no-edge")).get("worker-1")
+    worker = containers.build(stack("no-edge")).get("worker-1")
     assert worker is not None and worker.env["PREFECT_API_URL"] == "http://api:4200/api"
 
 
@@ -128,7 +124,7 @@ def test_a_public_address_on_loopback_stays_public() -> None:
     """With `edge.host: 127.0.0.1` the public URL looks like a local address: browsers and
     the auth service keep it; clients still use the internal listener (which moves off the
     edge's own ports)."""
-    the_plan = plan.build(stack("ip-edge"))
+    the_plan = containers.build(stack("ip-edge"))
     api, auth, worker = (the_plan.get(n) for n in ("api", "auth", "worker-1"))
     assert api is not None and auth is not None and worker is not None
     assert api.env["PREFECT_SERVER_UI_API_URL"] == "https://127.0.0.1:8443/api"
@@ -139,7 +135,7 @@ def test_a_public_address_on_loopback_stays_public() -> None:
 
 
 def test_edge_and_auth_containers() -> None:
-    the_plan = plan.build(stack("three-apis"))
+    the_plan = containers.build(stack("three-apis"))
     edge, auth = the_plan.get("edge"), the_plan.get("auth")
     assert edge is not None and auth is not None and the_plan.edge is not None
     assert (edge.image, edge.role, edge.port) == ("caddy", "edge", 8080)
@@ -153,12 +149,12 @@ def test_edge_and_auth_containers() -> None:
     assert (auth.image, auth.role, auth.port) == ("prefect", "auth", 14180)
     assert auth.volumes == {"auth": "/var/lib/prefectstack/auth"}
     assert auth.env["PREFECTSTACK_AUTH_DIR"] == "/var/lib/prefectstack/auth"
-    assert plan.probe_command(edge.probe, edge.image) == [
+    assert containers.probe_command(edge.probe, edge.image) == [
         "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/api/health"]
 
 
 def test_literal_credentials_from_the_stack_file_become_secrets() -> None:
-    the_plan = plan.build(stack("external-postgres"))
+    the_plan = containers.build(stack("external-postgres"))
     assert the_plan.external == {
         "prefect_server_database_connection_url":
             "postgresql+asyncpg://prefect:hunter2-db@db.internal:5432/prefect",
@@ -169,7 +165,7 @@ def test_literal_credentials_from_the_stack_file_become_secrets() -> None:
 
 
 def test_local_only_settings_are_left_to_the_images() -> None:
-    the_plan = plan.build(stack("default"))
+    the_plan = containers.build(stack("default"))
     pg, redis = the_plan.get("postgres"), the_plan.get("redis")
     assert pg is not None and redis is not None
     assert "-D" not in pg.command
@@ -183,11 +179,11 @@ def test_local_only_settings_are_left_to_the_images() -> None:
 def test_compose_services_carry_the_topology_environment(name: str) -> None:
     the_stack = stack(name)
     services = topology.build(the_stack)
-    names = plan.container_names(services)
-    doc = compose.project(the_stack, plan.build(the_stack))
+    names = containers.container_names(services)
+    doc = compose.project(the_stack, containers.build(the_stack))
     for svc in services:
         rendered = doc["services"][names[svc.name]]
-        assert set(client_env(svc)) <= set(rendered.get("environment", {}))
+        assert set(svc.env) <= set(rendered.get("environment", {}))
         assert set(rendered.get("depends_on", {})) == {names[d] for d in svc.depends_on}
 
 
@@ -197,16 +193,38 @@ def test_a_service_of_another_role_keeps_its_port(monkeypatch: pytest.MonkeyPatc
     real = topology.build
 
     def build(the_stack: Stack) -> list[Service]:
-        exporter = Service(name="exporter", kind="daemon",
-                           argv=("python", "-m", "exporter", "--port", "9394"),
-                           env={"API": f"http://127.0.0.1:{the_stack.api.port}/api"},
+        # A role without an image port of its own (and not folded like the API processes).
+        exporter = Service(name="exporter", role="services", kind="daemon",
+                           argv=("python", "-m", "exporter", "--port", "${port.exporter}"),
+                           env={"API": "http://${addr.api-1}/api"},
                            ports=(9394,),
                            depends_on=("api-1",),
                            probe=topology.Probe("http", port=9394, path="/metrics"))
         return [*real(the_stack), exporter]
 
     monkeypatch.setattr(topology, "build", build)
-    exporter = plan.build(stack("default")).get("exporter")
+    exporter = containers.build(stack("default")).get("exporter")
     assert exporter is not None
     assert (exporter.port, exporter.command[-1], exporter.depends_on) == (9394, "9394", ("api",))
     assert exporter.env["API"] == "http://api:4200/api"
+
+
+def test_clients_of_the_public_edge_trust_its_ca_but_containers_use_the_private_listener(
+) -> None:
+    """The CA file is for a client that reaches the edge at its public HTTPS address (the
+    local backend's); container clients use the plain-HTTP listener and get no CA path."""
+    services = {s.name: s for s in topology.build(stack("default"))}
+    assert services["worker-1"].public_edge_env == {
+        "PREFECT_API_SSL_CERT_FILE": topology.EDGE_CA_FILE}
+    assert "PREFECT_API_SSL_CERT_FILE" not in services["worker-1"].env
+    for c in containers.build(stack("default")).containers:
+        assert "PREFECT_API_SSL_CERT_FILE" not in c.env, c.name
+    no_tls = {s.name: s for s in topology.build(stack("no-edge"))}
+    assert no_tls["worker-1"].public_edge_env == {}
+
+
+def test_every_placeholder_but_secrets_is_resolved_for_containers() -> None:
+    for name in STACKS:
+        for c in containers.build(stack(name)).containers:
+            for text in (*c.command, *c.env.values()):
+                assert not re.search(r"\$\{(?!secret\.)", text), (name, c.name, text)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from prefectstack.runtime.examples import ensure_pool
+from prefectstack.jobs.examples import ensure_pool
 
 
 async def main(pools: list[str]) -> None:

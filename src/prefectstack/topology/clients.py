@@ -1,0 +1,93 @@
+"""The stack's own Prefect clients: the one-shot that creates work pools, the workers, and
+the one-shot that registers the example deployments."""
+
+from __future__ import annotations
+
+from prefectstack.stack.model import Stack
+from prefectstack.topology import credentials
+from prefectstack.topology.placeholders import BIND_HOST, port
+from prefectstack.topology.service import Probe, Service
+from prefectstack.topology.settings import (
+    client_deps,
+    client_env,
+    public_edge_env,
+    worker_health_port,
+)
+
+
+def workers(stack: Stack) -> list[Service]:
+    out = []
+    for i, worker in enumerate(stack.workers):
+        listen = worker_health_port(stack, i)
+        home = f"home-{worker.name}"
+        argv: tuple[str, ...] = (
+            "prefect", "worker", "start", "--pool", worker.pool, "--type", worker.type,
+            "--name", worker.name, "--with-healthcheck",
+        )
+        if worker.limit:
+            argv += ("--limit", str(worker.limit))
+        env = client_env(stack, home, credentials.WORKER_API_KEY) | {
+            "PREFECT_WORKER_WEBSERVER_HOST": BIND_HOST,
+            "PREFECT_WORKER_WEBSERVER_PORT": port(worker.name),
+            "PREFECT_WORKER_QUERY_SECONDS": f"{worker.poll_seconds:g}",
+        }
+        out.append(
+            Service(
+                name=worker.name,
+                role="worker",
+                kind="daemon",
+                argv=argv,
+                env=env,
+                public_edge_env=public_edge_env(stack),
+                ports=(listen,),
+                volumes=(home,),
+                # `pools` creates the work pool first: a worker key may not create one.
+                depends_on=(*client_deps(stack), "pools"),
+                probe=Probe("http", port=listen, path="/health"),
+                essential=False,
+            )
+        )
+    return out
+
+
+def pools(stack: Stack) -> list[Service]:
+    """Create the work pools of the stack's workers before the workers start."""
+    if not stack.workers:
+        return []
+    names = sorted({w.pool for w in stack.workers})
+    return [
+        Service(
+            name="pools",
+            role="pools",
+            kind="oneshot",
+            argv=("python", "-m", "prefectstack.jobs.pools", *names),
+            env=client_env(stack, "home-pools", credentials.DEPLOYER_API_KEY),
+            public_edge_env=public_edge_env(stack),
+            volumes=("home-pools",),
+            depends_on=client_deps(stack),
+            probe=Probe("exit"),
+        )
+    ]
+
+
+def examples(stack: Stack) -> list[Service]:
+    if not stack.examples.enabled or not stack.workers:
+        return []
+    pool = stack.examples.pool or stack.workers[0].pool
+    env = client_env(stack, "home-examples", credentials.DEPLOYER_API_KEY) | {
+        "PREFECTSTACK_EXAMPLES_POOL": pool,
+        "PREFECTSTACK_EXAMPLES_INTERVAL": str(stack.examples.interval_seconds),
+    }
+    return [
+        Service(
+            name="examples",
+            role="examples",
+            kind="oneshot",
+            argv=("python", "-m", "prefectstack.jobs.examples"),
+            env=env,
+            public_edge_env=public_edge_env(stack),
+            volumes=("home-examples",),
+            depends_on=(*client_deps(stack), "pools"),
+            probe=Probe("exit"),
+        )
+    ]

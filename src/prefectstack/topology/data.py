@@ -1,0 +1,90 @@
+"""The data tier: PostgreSQL, Redis, creating the database, and migrating its schema."""
+
+from __future__ import annotations
+
+from prefectstack.stack.model import Stack
+from prefectstack.topology import credentials
+from prefectstack.topology.placeholders import address, secret
+from prefectstack.topology.service import Probe, Service
+from prefectstack.topology.settings import database_url, server_env
+
+
+def postgres(stack: Stack) -> list[Service]:
+    pg = stack.postgres
+    if pg.mode == "external":
+        return []
+    return [
+        Service(
+            name="postgres",
+            role="postgres",
+            kind="daemon",
+            argv=("postgres",),
+            settings={"password_encryption": "scram-sha-256", **pg.settings},
+            ports=(pg.port,),
+            volumes=("pgdata",),
+            probe=Probe("pg", port=pg.port),
+            stop_signal="SIGINT",  # fast shutdown: SIGTERM would wait for clients
+            run_as=pg.os_user,
+            prepare="pgdata",
+        )
+    ]
+
+
+def redis(stack: Stack) -> list[Service]:
+    if stack.redis.mode == "external":
+        return []
+    return [
+        Service(
+            name="redis",
+            role="redis",
+            kind="daemon",
+            argv=("redis-server",),
+            settings={
+                "protected-mode": "yes",
+                "requirepass": secret(credentials.REDIS_PASSWORD),
+                "appendonly": "yes",
+                "appendfsync": "everysec",
+                "save": "",  # no RDB snapshots: the append-only file is the persistence
+                "maxmemory-policy": "noeviction",
+            },
+            ports=(stack.redis.port,),
+            volumes=("redis",),
+            probe=Probe("redis", port=stack.redis.port),
+        )
+    ]
+
+
+def db_init(stack: Stack) -> Service:
+    local = stack.postgres.mode != "external"
+    env = {
+        "PREFECTSTACK_DB_URL": database_url(stack, plain=True),
+        "PREFECTSTACK_DB_CREATE": "1" if local else "0",
+    }
+    if local:
+        env["PREFECTSTACK_DB_ADMIN_URL"] = (
+            f"postgresql://postgres:{secret(credentials.POSTGRES_SUPERUSER_PASSWORD)}"
+            f"@{address('postgres')}/postgres"
+        )
+    return Service(
+        name="db-init",
+        role="db-init",
+        kind="oneshot",
+        argv=("python", "-m", "prefectstack.jobs.dbinit"),
+        env=env,
+        depends_on=("postgres",) if local else (),
+        probe=Probe("exit"),
+    )
+
+
+def migrate(stack: Stack) -> Service:
+    return Service(
+        name="migrate",
+        role="migrate",
+        kind="oneshot",
+        argv=("prefect", "server", "database", "upgrade", "-y"),
+        env=server_env(stack, "home-migrate"),
+        volumes=("home-migrate",),
+        depends_on=("db-init",),
+        probe=Probe("exit"),
+        ready_timeout_seconds=600.0,
+    )
