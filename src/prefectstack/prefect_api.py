@@ -8,7 +8,7 @@ becomes one `StackError` naming what was being done.
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -59,13 +59,18 @@ class PrefectApi:
 
     async def _call(
         self, method: Method, route: Any, doing: str, *, json: Any = None,
-        path: dict[str, Any] | None = None, missing_ok: bool = False,
+        path: dict[str, Any] | None = None, missing_ok: bool = False, exists_ok: bool = False,
     ) -> Any:
+        """The response's JSON; None for no content, or for a 404 (`missing_ok`) or a 409
+        (`exists_ok`) answer."""
         kwargs: dict[str, Any] = {} if json is None else {"json": json}
         try:
             response = await self._client.request(method, route, path_params=path, **kwargs)
         except httpx.HTTPStatusError as exc:
-            if missing_ok and exc.response.status_code == 404:
+            tolerated = {404} if missing_ok else set()
+            if exists_ok:
+                tolerated.add(409)
+            if exc.response.status_code in tolerated:
                 return None
             raise StackError(f"{doing} failed: {_detail(exc.response)}") from None
         except httpx.HTTPError as exc:
@@ -144,8 +149,22 @@ class PrefectApi:
 
     # -- writes --------------------------------------------------------------------------
 
-    async def create_work_pool(self, body: dict[str, Any]) -> None:
-        await self._call("POST", "/work_pools/", f"creating work pool {body['name']}", json=body)
+    async def create_work_pool(self, body: dict[str, Any], *, exists_ok: bool = False) -> bool:
+        """Create a work pool: True once created; False when one of that name exists
+        already (`exists_ok`; otherwise that is an error)."""
+        created = await self._call(
+            "POST", "/work_pools/", f"creating work pool {body['name']}", json=body,
+            exists_ok=exists_ok,
+        )
+        return created is not None
+
+    async def ensure_work_pool(self, body: dict[str, Any]) -> bool:
+        """Create the work pool `body` describes unless one of its name exists, which is
+        left as it is. True if it was created here; a pool created meanwhile by someone
+        else (a worker starting) counts as existing."""
+        if await self.read_work_pool(body["name"]) is not None:
+            return False
+        return await self.create_work_pool(body, exists_ok=True)
 
     async def update_work_pool(self, name: str, body: dict[str, Any]) -> None:
         await self._call(
@@ -267,6 +286,47 @@ def _detail(response: httpx.Response) -> str:
         body = body["detail"]
     hints = {401: " (is the API key right?)", 403: " (does the key's role allow this?)"}
     return f"HTTP {response.status_code}{hints.get(response.status_code, '')}: {body}"
+
+
+# Target field -> the Prefect setting a Prefect client reads it from.
+SETTINGS = {
+    "api_url": "PREFECT_API_URL",
+    "api_key": "PREFECT_API_KEY",
+    "auth_string": "PREFECT_API_AUTH_STRING",
+    "ca_file": "PREFECT_API_SSL_CERT_FILE",
+}
+
+
+def target_from_env(env: Mapping[str, str] | None = None) -> Target:
+    """The API that Prefect's own client would talk to, with the same credentials and CA:
+    read from `env` (Prefect's variable names, `SSL_CERT_FILE` as Prefect's fallback for
+    the CA), or, without it, from Prefect's current settings (its environment variables,
+    profile and any `temporary_settings`)."""
+    if env is None:
+        values = _current_settings()
+    else:
+        values = {field: env.get(name) or None for field, name in SETTINGS.items()}
+        values["ca_file"] = values["ca_file"] or env.get("SSL_CERT_FILE") or None
+    url = values.pop("api_url")
+    if not url:
+        raise StackError(
+            "PREFECT_API_URL is not set: no Prefect API to talk to",
+            hint="set PREFECT_API_URL to the server's /api URL", exit_code=2,
+        )
+    return Target(url, **values)
+
+
+def _current_settings() -> dict[str, str | None]:
+    from prefect.settings import get_current_settings
+
+    api = get_current_settings().api
+    key, auth = api.key, api.auth_string
+    return {
+        "api_url": api.url or None,
+        "api_key": (key.get_secret_value() if key else None) or None,
+        "auth_string": (auth.get_secret_value() if auth else None) or None,
+        "ca_file": api.ssl_cert_file or None,
+    }
 
 
 @asynccontextmanager

@@ -34,20 +34,24 @@ def run(
     timeout: float = 120.0,
     input_text: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run a short command to completion; failure raises StackError quoting its output."""
+    """Run a short command to completion; failure raises StackError quoting its output.
+
+    The command runs in a session of its own, so that a timeout (or our own interruption)
+    kills everything it started, not only the program itself: a surviving grandchild
+    would keep running and hold the output pipes open."""
     uid, gid, groups = _as_user(user)
     try:
-        result = subprocess.run(
+        popen = subprocess.Popen(
             list(argv),
             env=dict(env) if env is not None else None,
             user=uid,
             group=gid,
             extra_groups=groups,
-            input=input_text,
-            capture_output=True,
+            stdin=subprocess.PIPE if input_text is not None else None,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=timeout,
-            check=False,
+            start_new_session=True,
         )
     except FileNotFoundError:
         raise StackError(f"program not found: {argv[0]}") from None
@@ -55,8 +59,16 @@ def run(
         raise StackError(
             f"permission denied running {argv[0]}" + (f" as {user}" if user else "")
         ) from None
-    except subprocess.TimeoutExpired:
-        raise StackError(f"{Path(argv[0]).name} did not finish in {timeout:.0f}s") from None
+    with popen:
+        try:
+            stdout, stderr = popen.communicate(input_text, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_tree(popen)
+            raise StackError(f"{Path(argv[0]).name} did not finish in {timeout:g}s") from None
+        except BaseException:  # e.g. Ctrl-C: it reaches only us, not the command's session
+            _kill_tree(popen)
+            raise
+    result = subprocess.CompletedProcess(list(argv), popen.returncode, stdout, stderr)
     if result.returncode != 0:
         tail = (result.stderr or result.stdout).strip().splitlines()[-10:]
         raise StackError(
@@ -64,6 +76,23 @@ def run(
             + "\n    ".join(tail)
         )
     return result
+
+
+def _kill_tree(popen: subprocess.Popen[str]) -> None:
+    """SIGKILL a command run by `run`: its process group, and any descendant that left the
+    group for a session of its own; then reap it."""
+    family = _descendants(popen.pid)  # before the kill, while they are still its children
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(popen.pid, signal.SIGKILL)
+    for pid, started in family.items():
+        if _same(pid, started):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+    popen.kill()
+    try:
+        popen.communicate(timeout=5)  # reap it and drain the pipes
+    except subprocess.TimeoutExpired:
+        pass  # a process we could not kill holds the pipes: leaving closes them and waits
 
 
 class Process:

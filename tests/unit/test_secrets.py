@@ -101,22 +101,60 @@ def test_corrupt_json_is_a_stack_error(tmp_path: Path) -> None:
     assert path.read_text() == '{"a_password": "trunc'  # never overwritten with new values
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError,
-                   reason="src bug: secrets.load assumes a JSON object (`data.items()`)")
-def test_json_that_is_not_an_object_is_a_stack_error(tmp_path: Path) -> None:
-    secrets.write_private(tmp_path / FILE, "[]")
-    with pytest.raises(StackError):
+@pytest.mark.parametrize("text", ["[]", "null", '"s"', "1", '["a_password"]'])
+def test_json_that_is_not_an_object_is_a_stack_error(tmp_path: Path, text: str) -> None:
+    path = tmp_path / FILE
+    secrets.write_private(path, text)
+    with pytest.raises(StackError) as caught:
         secrets.load(tmp_path)
+    assert "corrupt" in caught.value.message and str(path) in caught.value.message
+    assert "JSON object" in caught.value.message
+    assert caught.value.hint and "backup" in caught.value.hint
+    with pytest.raises(StackError):
+        secrets.ensure(tmp_path, {"a_password"})
+    assert path.read_text() == text  # never overwritten with new values
 
 
-@pytest.mark.xfail(strict=True, reason="src bug: _write_private reuses an existing .tmp file, "
-                   "whose mode O_CREAT does not change, and renames it over secrets.json")
+def test_bytes_that_are_not_utf8_are_a_stack_error(tmp_path: Path) -> None:
+    path = tmp_path / FILE
+    path.write_bytes(b"\xff\xfe garbage")
+    path.chmod(0o600)
+    with pytest.raises(StackError) as caught:
+        secrets.load(tmp_path)
+    assert "corrupt" in caught.value.message and str(path) in caught.value.message
+
+
 def test_a_leftover_temporary_file_does_not_widen_the_mode(tmp_path: Path) -> None:
     leftover = tmp_path / (FILE + ".tmp")
     leftover.write_text("")
     leftover.chmod(0o644)
     secrets.ensure(tmp_path, {"a_password"})
     assert _mode(tmp_path / FILE) == 0o600
+    assert leftover.read_text() == "" and _mode(leftover) == 0o644  # not reused
+
+
+def test_writes_leave_no_temporary_file_behind(tmp_path: Path) -> None:
+    secrets.ensure(tmp_path, {"a_password"})
+    secrets.ensure(tmp_path, {"a_password", "b_password"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == [FILE]
+
+
+def test_a_failed_write_keeps_the_old_file_and_removes_the_temporary_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    first = secrets.ensure(tmp_path, {"a_password"})
+    content = (tmp_path / FILE).read_bytes()
+
+    def fail(src: object, dst: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(secrets.os, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        secrets.ensure(tmp_path, {"a_password", "b_password"})
+    assert (tmp_path / FILE).read_bytes() == content
+    assert sorted(p.name for p in tmp_path.iterdir()) == [FILE]
+    monkeypatch.undo()
+    assert secrets.load(tmp_path) == first
 
 
 def test_write_private_creates_parents_with_mode_0600(tmp_path: Path) -> None:

@@ -79,13 +79,46 @@ def test_a_corrupt_or_foreign_file_reads_as_none(tmp_path: Path, text: str) -> N
     assert state.read(tmp_path) is None
 
 
-@pytest.mark.xfail(strict=True, reason="src bug: state.read catches only JSONDecodeError and "
-                   "TypeError; valid JSON that is not an object raises AttributeError and "
-                   "bytes that are not UTF-8 raise UnicodeDecodeError")
-@pytest.mark.parametrize("content", [b"[]", b"null", b"\xff\xfe garbage"])
+@pytest.mark.parametrize("content", [
+    b"[]", b"null", b'"s"', b"1",                              # valid JSON, not an object
+    b"\xff\xfe garbage", b'{"stack": "\xe9"}',                 # not UTF-8
+    json.dumps({**json.loads(_state().to_json()), "services": 3}).encode(),
+    json.dumps({**json.loads(_state().to_json()), "services": ["x"]}).encode(),
+])
 def test_any_unreadable_content_reads_as_none(tmp_path: Path, content: bytes) -> None:
     (tmp_path / FILE).write_bytes(content)
     assert state.read(tmp_path) is None
+
+
+def test_write_leaves_no_temporary_file_and_ignores_a_leftover(tmp_path: Path) -> None:
+    leftover = tmp_path / (FILE + ".tmp")
+    leftover.write_text("from a crash")
+    state.write(tmp_path, _state())
+    state.write(tmp_path, _state())
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([FILE, leftover.name])
+    assert leftover.read_text() == "from a crash"  # a unique name each time: never reused
+    assert state.read(tmp_path) == _state()
+
+
+def test_the_state_file_is_readable_by_others(tmp_path: Path) -> None:
+    state.write(tmp_path, _state())  # no secrets in it: `status` from another account
+    assert (tmp_path / FILE).stat().st_mode & 0o777 == 0o644
+
+
+def test_a_failed_write_keeps_the_previous_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    state.write(tmp_path, _state())
+
+    def fail(src: object, dst: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(state.os, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        state.write(tmp_path, replace(_state(), phase="stopping"))
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [FILE]
+    assert state.read(tmp_path) == _state()
 
 
 def test_remove_deletes_the_file_and_tolerates_its_absence(tmp_path: Path) -> None:

@@ -8,9 +8,11 @@ import pwd
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from prefectstack import tools
@@ -113,6 +115,76 @@ def test_timeout_is_a_stack_error_and_the_program_is_killed(tmp_path: Path) -> N
     pid = int(marker.read_text())
     with pytest.raises(ProcessLookupError):  # killed and reaped, not left running
         os.kill(pid, 0)
+
+
+def _wait_for_pid(path: Path, timeout: float = 10) -> int:
+    """The pid a child writes to `path` once it runs (written to a temp name, then renamed:
+    never read half-written)."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.01)
+    return int(path.read_text())
+
+
+def test_timeout_kills_the_grandchildren_too(tmp_path: Path) -> None:
+    """`sh -c 'sleep 37; echo'` forks: the sleep is a grandchild of ours, and must not
+    outlive the timeout (nor hold the output pipes open until it ends)."""
+    marker = tmp_path / "pid"
+    script = f"sleep 37 & echo $! > {marker}.new; mv {marker}.new {marker}; wait; echo done"
+    seen: dict[str, int] = {}
+
+    def watch() -> None:  # the grandchild's pid, read while the command still runs
+        seen["pid"] = _wait_for_pid(marker)
+        seen["started"] = int(psutil.Process(seen["pid"]).create_time() * 1000)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    started = time.monotonic()
+    with pytest.raises(StackError) as caught:
+        tools.run(["sh", "-c", script], timeout=2)
+    watcher.join()
+    assert "pid" in seen, "the grandchild never wrote its pid"
+    assert time.monotonic() - started < 15  # not held until the sleep ends
+    assert caught.value.message == "sh did not finish in 2s"
+    grandchild = seen["pid"]
+    deadline = time.monotonic() + 10
+    while _alive(grandchild, seen["started"]) and time.monotonic() < deadline:
+        time.sleep(0.02)  # killed; reaped by init shortly after
+    assert not _alive(grandchild, seen["started"]), "the grandchild survived the timeout"
+
+
+def test_a_descendant_in_a_session_of_its_own_is_killed_on_timeout(tmp_path: Path) -> None:
+    """A descendant that left the command's process group (as Prefect's flow runs do) is
+    killed too."""
+    marker = tmp_path / "pid"
+    child = (f"import os, time; os.setsid(); open('{marker}.new', 'w').write(str(os.getpid()));"
+             f"os.rename('{marker}.new', '{marker}'); time.sleep(37)")
+    script = f"{sys.executable} -c \"{child}\" & while [ ! -e {marker} ]; do sleep 0.01; done; wait"
+    with pytest.raises(StackError, match=r"^sh did not finish in 3s$"):
+        tools.run(["sh", "-c", script], timeout=3)
+    pid = int(marker.read_text())
+    deadline = time.monotonic() + 10
+    while _alive(pid, None) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not _alive(pid, None)
+
+
+def _alive(pid: int, started_ms: int | None) -> bool:
+    try:
+        proc = psutil.Process(pid)
+        if started_ms is not None and int(proc.create_time() * 1000) != started_ms:
+            return False  # the pid was reused
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.mark.parametrize(("timeout", "shown"), [(0.2, "0.2"), (1.5, "1.5")])
+def test_the_timeout_message_keeps_fractions_of_a_second(timeout: float, shown: str) -> None:
+    with pytest.raises(StackError) as caught:
+        tools.run(["sleep", "30"], timeout=timeout)
+    assert caught.value.message == f"sleep did not finish in {shown}s"
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")

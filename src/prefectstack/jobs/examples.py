@@ -1,9 +1,14 @@
-"""One-shot registration of the bundled example deployments (the `examples` service)."""
+"""One-shot registration of the bundled example deployments (the `examples` service).
+
+The pool is made sure of through `prefect_api.py`, as the `pools` job does; the deployments
+are registered with Prefect's flow API (`Flow.afrom_source(...).adeploy(...)`), which reads
+the same PREFECT_API_* settings.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import os
+import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -11,26 +16,10 @@ from typing import Any
 from prefect import Flow
 from prefect.client.schemas.schedules import IntervalSchedule
 
+from prefectstack.jobs import run
+from prefectstack.jobs.pools import ensure_pool
+
 FLOWS_DIR = Path(__file__).resolve().parent.parent / "flows"
-
-
-async def ensure_pool(pool: str) -> None:
-    """Deployments need their pool to exist; the worker creates it too, but may start later."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate
-    from prefect.exceptions import ObjectAlreadyExists
-    from prefect.workers.process import ProcessWorker
-
-    async with get_client() as client:
-        try:
-            # With its base job template: a worker fills in an empty one itself, and a
-            # worker key may not change a pool.
-            template = ProcessWorker.get_default_base_job_template()
-            await client.create_work_pool(
-                WorkPoolCreate(name=pool, type="process", base_job_template=template)
-            )
-        except ObjectAlreadyExists:
-            pass
 
 
 async def register(pool: str, interval_seconds: int) -> list[str]:
@@ -66,8 +55,12 @@ async def register(pool: str, interval_seconds: int) -> list[str]:
     return [str(i) for i in ids]
 
 
-if __name__ == "__main__":
+async def main() -> None:
     pool = os.environ["PREFECTSTACK_EXAMPLES_POOL"]
     interval = int(os.environ.get("PREFECTSTACK_EXAMPLES_INTERVAL", "3600"))
-    for deployment_id in asyncio.run(register(pool, interval)):
-        print(f"registered deployment {deployment_id}")
+    for deployment_id in await register(pool, interval):
+        print(f"registered deployment {deployment_id}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(run(main()))

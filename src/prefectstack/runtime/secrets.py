@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
+import tempfile
 from pathlib import Path
 
 from prefectstack.apikeys import new_api_key
@@ -13,14 +15,21 @@ from prefectstack.layout import SECRETS_FILE
 
 
 def _write_private(path: Path, text: str) -> None:
-    """Write atomically with mode 0600 from the first byte (no window with wider access)."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """Write atomically with mode 0600 from the first byte (no window with wider access).
+
+    The temporary file is a new one (O_EXCL, mode 0600, a unique name beside `path`): a
+    leftover from a crash, whatever its mode, is never reused and renamed over `path`."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def load(state_dir: Path) -> dict[str, str]:
@@ -35,8 +44,14 @@ def load(state_dir: Path) -> dict[str, str]:
         )
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise StackError(f"{path} is corrupt: {exc}", hint="restore it from a backup") from None
+    if not isinstance(data, dict):
+        raise StackError(
+            f"{path} is corrupt: expected a JSON object of names to values, "
+            f"found {type(data).__name__}",
+            hint="restore it from a backup",
+        )
     return {str(k): str(v) for k, v in data.items()}
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,19 +52,38 @@ class StackState:
 
 
 def write(state_dir: Path, state: StackState) -> None:
+    """Replace the state file atomically: a reader sees the old state or the new one. The
+    temporary file has a unique name, so two writers never share (or half-write) one."""
     path = state_dir / STATE_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(state.to_json())
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=state_dir, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        # mkstemp makes it 0600; the state file holds no secret, and stays readable by
+        # others as a plain write gave it under the usual umask.
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(state.to_json())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def read(state_dir: Path) -> StackState | None:
+    """The state, or None when there is none, or none we can read (an empty, cut-short or
+    foreign file: whatever is not a state object reads as absent)."""
     path = state_dir / STATE_FILE
     try:
-        return StackState.from_dict(json.loads(path.read_text()))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
-    except (json.JSONDecodeError, TypeError):
+    except ValueError:  # not UTF-8 (UnicodeDecodeError), not JSON (JSONDecodeError)
+        return None
+    if not isinstance(data, dict):
+        return None
+    try:
+        return StackState.from_dict(data)
+    except TypeError:  # fields missing or unknown, services not a list of objects
         return None
 
 
