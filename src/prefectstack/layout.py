@@ -16,6 +16,8 @@ CA_EXPORT = "ca.crt"
 AUDIT_FILE = "audit.log"
 SUPERVISOR_LOG = "supervisor"
 ADMIN_SHOWN_MARKER = ".admin-password-shown"
+BACKEND_FILE = "backend.json"  # which backend started the stack (runtime/backend.py)
+COMPOSE_DIR = "compose"  # the Docker Compose project `up --backend compose` renders and runs
 
 # Volumes (data dirs) whose names other modules need.
 AUTH_VOLUME = "auth"
@@ -83,3 +85,11 @@ class Layout:
     @property
     def admin_shown_marker(self) -> Path:
         return self.root / ADMIN_SHOWN_MARKER
+
+    @property
+    def backend_file(self) -> Path:
+        return self.root / BACKEND_FILE
+
+    @property
+    def compose_dir(self) -> Path:
+        return self.root / COMPOSE_DIR

@@ -101,7 +101,7 @@ def test_every_schema_model_forbids_additional_properties(runner: CliRunner) -> 
 
 def test_validate_good_file(runner: CliRunner, tmp_path: Path) -> None:
     path = write(tmp_path, GOOD)
-    result = runner.invoke(cli, ["validate", str(path)])
+    result = runner.invoke(cli, ["validate", "-f", str(path)])
     assert result.exit_code == 0, result.output
     assert "valid" in result.stdout
     assert "api-1, api-2" in result.stdout and "w1" in result.stdout
@@ -109,13 +109,30 @@ def test_validate_good_file(runner: CliRunner, tmp_path: Path) -> None:
 
 def test_validate_json(runner: CliRunner, tmp_path: Path) -> None:
     path = write(tmp_path, GOOD)
-    result = runner.invoke(cli, ["validate", str(path), "--json"])
+    result = runner.invoke(cli, ["validate", "-f", str(path), "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["valid"] is True
     assert data["source"] == str(path)
     assert data["services"][:4] == ["postgres", "redis", "db-init", "migrate"]
     assert {"api-1", "api-2", "w1"} <= set(data["services"])
+
+
+def test_validate_positional_file_still_works_but_is_deprecated(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    path = write(tmp_path, GOOD)
+    result = runner.invoke(cli, ["validate", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["source"] == str(path)  # stdout stays machine-readable
+    assert "deprecated; use `prefectstack validate -f FILE`" in result.stderr
+
+
+def test_validate_refuses_two_files(runner: CliRunner, tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD)
+    result = runner.invoke(cli, ["validate", "-f", str(path), str(path)])
+    assert isinstance(result.exception, StackError)
+    assert result.exception.exit_code == 2
 
 
 def test_validate_defaults_to_the_built_in_stack(
@@ -130,7 +147,7 @@ def test_validate_defaults_to_the_built_in_stack(
 def test_validate_bad_file_raises_a_stack_error_in_process(
     runner: CliRunner, tmp_path: Path
 ) -> None:
-    result = runner.invoke(cli, ["validate", str(write(tmp_path, TYPO))])
+    result = runner.invoke(cli, ["validate", "--file", str(write(tmp_path, TYPO))])
     assert isinstance(result.exception, StackError)
     assert result.exception.exit_code == 2
     assert "did you mean `pool`" in str(result.exception)
@@ -147,7 +164,7 @@ def test_validate_bad_file_raises_a_stack_error_in_process(
 def test_validate_bad_file_exits_2_with_a_message(
     tmp_path: Path, text: str, expected: str
 ) -> None:
-    proc = run("validate", str(write(tmp_path, text)))
+    proc = run("validate", "-f", str(write(tmp_path, text)))
     assert proc.returncode == 2
     assert expected in proc.stderr
     assert proc.stderr.startswith("error: ")
@@ -156,7 +173,7 @@ def test_validate_bad_file_exits_2_with_a_message(
 
 
 def test_validate_missing_file_and_unknown_command_exit_2(tmp_path: Path) -> None:
-    missing = run("validate", str(tmp_path / "nope.yaml"))
+    missing = run("validate", "-f", str(tmp_path / "nope.yaml"))
     assert missing.returncode == 2
     assert "stack file not found" in missing.stderr
     unknown = run("frobnicate")

@@ -1,5 +1,5 @@
-"""`prefectstack render ...` writes files (atomically, secrets 0600, seeds once) and
-`up --backend compose` fails clearly without a Docker engine."""
+"""`prefectstack render ...` writes files (atomically, secrets 0600, seeds once); the
+Compose backend (runtime/compose.py) fails clearly without a Docker engine."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import yaml
 from click.testing import CliRunner
 
 from prefectstack.cli import cli
-from prefectstack.cli.render import check_docker, run_compose, up_compose
 from prefectstack.errors import StackError
+from prefectstack.render import dockerfile
+from prefectstack.runtime import compose
 from prefectstack.stack.loader import load_stack
 
 STACK = "version: 1\nname: demo\nstate_dir: state\napi:\n  replicas: 2\n"
@@ -47,7 +48,7 @@ def test_render_compose_writes_the_project(stack_file: Path, tmp_path: Path) -> 
     out = tmp_path / "out"
     output = invoke("render", "compose", "-f", str(stack_file), "-o", str(out))
     for rel in ("docker-compose.yml", "Caddyfile", ".env", "Dockerfile", "README.md",
-                "requirements.txt", "flows/README.md", "app/prefectstack/runtime/dbinit.py"):
+                "requirements.txt", "flows/README.md", "app/prefectstack/jobs/dbinit.py"):
         assert (out / rel).is_file(), rel
     assert mode(out / ".env") == 0o600
     assert mode(out / "docker-compose.yml") == 0o644
@@ -81,14 +82,12 @@ def test_image_context_copies_the_runtime_modules(stack_file: Path, tmp_path: Pa
     out = tmp_path / "out"
     invoke("render", "compose", "-f", str(stack_file), "-o", str(out))
     package = resources.files("prefectstack")
-    flows = [f"flows/{p.name}" for p in package.joinpath("flows").iterdir()
-             if p.name.endswith(".py")]
-    assert "flows/shell.py" in flows
-    auth = [f"auth/{p.name}" for p in package.joinpath("auth").iterdir()
-            if p.name.endswith(".py")]
-    assert "auth/__main__.py" in auth
-    for rel in ("__init__.py", "errors.py", "runtime/dbinit.py", "runtime/examples.py",
-                "runtime/pools.py", "runtime/secrets.py", *flows, *auth):
+    expected: list[str] = []
+    for entry in dockerfile.PACKAGE_FILES:  # a trailing `/`: every .py file of that package
+        expected += ([f"{entry}{p.name}" for p in package.joinpath(entry).iterdir()
+                      if p.name.endswith(".py")] if entry.endswith("/") else [entry])
+    assert {"jobs/dbinit.py", "auth/__main__.py", "flows/shell.py"} <= set(expected)
+    for rel in expected:
         assert (out / "app" / "prefectstack" / rel).read_text() == (
             package.joinpath(rel).read_text())
 
@@ -138,7 +137,7 @@ def test_compose_backend_without_an_engine_is_a_clear_error(
                           'unix:///var/run/docker.sock." >&2\nexit 1\n')
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     with pytest.raises(StackError) as caught:
-        run_compose(tmp_path)
+        compose.check_docker()
     assert "no Docker engine is reachable" in caught.value.message
     assert "Cannot connect to the Docker daemon" in caught.value.message
     assert caught.value.hint and "prefectstack up" in caught.value.hint
@@ -149,10 +148,10 @@ def test_compose_backend_checks_before_writing(
 ) -> None:
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     with pytest.raises(StackError, match="docker is not installed"):
-        check_docker()
+        compose.check_docker()
     with pytest.raises(StackError):
-        up_compose(load_stack(stack_file))
-    assert not (stack_file.parent / "state" / "compose").exists()
+        compose.up(load_stack(stack_file))
+    assert not (stack_file.parent / "state").exists(), "nothing written, no backend recorded"
 
 
 def test_compose_backend_runs_docker_compose_up(
@@ -163,7 +162,8 @@ def test_compose_backend_runs_docker_compose_up(
     calls = tmp_path / "calls"
     _fake_docker(bin_dir, f'echo "$@" >> {calls}\n')
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    target = up_compose(load_stack(stack_file))
+    target = compose.up(load_stack(stack_file))
+    assert target == stack_file.parent / "state" / "compose"
     assert (target / "docker-compose.yml").is_file()
     assert calls.read_text().splitlines()[-1] == (
         f"compose -f {target / 'docker-compose.yml'} up -d --build")

@@ -16,11 +16,12 @@ import uvicorn
 
 from prefectstack.auth.app import AuthConfig, create_app
 from prefectstack.auth.audit import AuditLog
-from prefectstack.auth.bootstrap import ADMIN_USERNAME
 from prefectstack.auth.roles import Role
 from prefectstack.auth.store import Store
 from prefectstack.auth.throttle import Throttle
 from prefectstack.layout import AUDIT_FILE
+
+ADMIN_USERNAME = "admin"  # the first user, created while there is none
 
 
 def bootstrap(store: Store) -> None:
@@ -28,7 +29,7 @@ def bootstrap(store: Store) -> None:
     password = os.environ.get("PREFECTSTACK_ADMIN_PASSWORD")
     if password and not store.users():
         store.add_user(ADMIN_USERNAME, Role.ADMIN, password)
-        print("created the bootstrap admin user `admin`")
+        print(f"created the bootstrap admin user `{ADMIN_USERNAME}`")
     for entry in json.loads(os.environ.get("PREFECTSTACK_SERVICE_KEYS", "[]")):
         if store.import_key(entry["name"], Role(entry["role"]), entry["key"]):
             print(f"registered service key {entry['name']} ({entry['role']})")

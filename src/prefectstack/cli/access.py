@@ -11,16 +11,20 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-from prefectstack.auth.audit import AuditLog, Record, now_iso
-from prefectstack.auth.store import Store
 from prefectstack.layout import Layout
-from prefectstack.runtime import pgdata
-from prefectstack.stack.loader import load_stack
+
+if TYPE_CHECKING:
+    from prefectstack.auth.store import Store
 
 
 @contextmanager
 def open_store(stack_path: str | None) -> Iterator[Store]:
+    from prefectstack.auth.store import Store
+    from prefectstack.runtime import pgdata
+    from prefectstack.stack.loader import load_stack
+
     loaded = load_stack(stack_path)
     directory = Layout(loaded.state_dir).auth_dir
     store = Store(directory)
@@ -39,6 +43,10 @@ def record_cli(stack_path: str | None, action: str, key_prefix: str | None = Non
     """Audit a change made from the command line (users and keys), like one made through the
     edge: who ran it (the OS account), what changed, never a secret."""
     import getpass
+
+    from prefectstack.auth.audit import AuditLog, Record, now_iso
+    from prefectstack.runtime import pgdata
+    from prefectstack.stack.loader import load_stack
 
     loaded = load_stack(stack_path)
     log = Layout(loaded.state_dir).audit_file

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 import click
 
 from prefectstack import console
-from prefectstack.auth import audit as audit_log
 from prefectstack.cli.options import json_flag, stack_file
 from prefectstack.layout import Layout
-from prefectstack.stack.loader import locate_state_dir
 
 
 @click.command()
@@ -23,6 +19,11 @@ def audit(
     stack_path: str | None, user: str | None, since: str | None, limit: int, as_json: bool
 ) -> None:
     """Show the audit log: changes made and requests refused."""
+    from dataclasses import asdict
+
+    from prefectstack.auth import audit as audit_log
+    from prefectstack.stack.loader import locate_state_dir
+
     path = Layout(locate_state_dir(stack_path)).audit_file
     moment = audit_log.parse_since(since) if since else None
     records = list(audit_log.read(path, user=user, since=moment))[-limit:]

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from prefectstack import console
 from prefectstack.cli.options import json_flag, stack_file
-from prefectstack.deploy.apply import Outcome, run, target_for
-from prefectstack.deploy.plan import Plan
 from prefectstack.errors import StackError
-from prefectstack.stack.loader import load_stack
+
+if TYPE_CHECKING:
+    from prefectstack.deploy.apply import Outcome
+    from prefectstack.deploy.plan import Plan
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -89,6 +90,9 @@ def apply(stack_path: str | None, server: str | None, key: str | None, ca_file: 
 
 def _run(stack_path: str | None, server: str | None, key: str | None, ca_file: str | None,
          prune: bool, decide: Callable[[Plan], bool]) -> Outcome:
+    from prefectstack.deploy.apply import run, target_for
+    from prefectstack.stack.loader import load_stack
+
     loaded = load_stack(stack_path)
     return run(loaded, target_for(loaded, server, key, ca_file), prune=prune,
                decide=decide)

@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import time
+from pathlib import Path
 
 import click
 
@@ -13,19 +14,31 @@ from prefectstack import console
 from prefectstack.cli.options import stack_file
 from prefectstack.errors import StackError
 from prefectstack.layout import Layout
-from prefectstack.runtime import local, state
-from prefectstack.stack.loader import locate_state_dir
 
 STOP_TIMEOUT_SECONDS = 90
 
 
 @click.command()
 @stack_file
-@click.option("--volumes", is_flag=True, help="Also delete the stack's data and logs.")
+@click.option("--volumes", is_flag=True,
+              help="Also delete the stack's data and logs (with Docker Compose: its volumes).")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask before deleting data.")
 def down(stack_path: str | None, volumes: bool, yes: bool) -> None:
     """Stop the stack (SIGTERM, then SIGKILL after a grace period); leave no process behind."""
+    from prefectstack.runtime import backend
+    from prefectstack.stack.loader import locate_state_dir
+
     state_dir = locate_state_dir(stack_path)
+    if backend.read(state_dir).backend == backend.COMPOSE:
+        _down_compose(state_dir, volumes, yes)
+    else:
+        _down_local(state_dir, volumes, yes)
+    backend.clear(state_dir)
+
+
+def _down_local(state_dir: Path, volumes: bool, yes: bool) -> None:
+    from prefectstack.runtime import local, state
+
     current = state.read(state_dir)
     if state.supervisor_alive(state_dir) and current is not None:
         _stop_supervisor(current.supervisor_pid, state_dir)
@@ -40,29 +53,47 @@ def down(stack_path: str | None, volumes: bool, yes: bool) -> None:
         _delete_data(state_dir, yes)
 
 
-def _stop_supervisor(pid: int, state_dir: os.PathLike[str]) -> None:
-    from pathlib import Path
+def _down_compose(state_dir: Path, volumes: bool, yes: bool) -> None:
+    """`docker compose down` in the project `up --backend compose` rendered; with
+    `--volumes`, its named volumes too, after saying which."""
+    from prefectstack.runtime import compose
 
-    root = Path(state_dir)
+    if volumes:
+        names = compose.volumes(state_dir)
+        if names:
+            console.out("This deletes, permanently, the Docker volumes of the Compose project "
+                        f"in {Layout(state_dir).compose_dir}:")
+            for name in names:
+                console.out(f"  {name}")
+            if not yes and not console.confirm("Delete them?"):
+                raise StackError("nothing was stopped or deleted",
+                                 hint="pass --yes to delete without asking")
+    if compose.down(state_dir, volumes=volumes):
+        console.out("stack stopped (Docker Compose)" + (", volumes deleted" if volumes else ""))
+    else:
+        console.out("stack is not running")
+
+
+def _stop_supervisor(pid: int, state_dir: Path) -> None:
+    from prefectstack.runtime import local, state
+
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
         pass
     deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
-        if not state.supervisor_alive(root):
-            local.cleanup_stale(root)  # normally nothing is left; make sure
+        if not state.supervisor_alive(state_dir):
+            local.cleanup_stale(state_dir)  # normally nothing is left; make sure
             return
         time.sleep(0.2)
     os.kill(pid, signal.SIGKILL)
-    local.cleanup_stale(root)
+    local.cleanup_stale(state_dir)
     raise StackError(f"the supervisor (pid {pid}) did not stop in time and was killed")
 
 
-def _delete_data(state_dir: os.PathLike[str], yes: bool) -> None:
-    from pathlib import Path
-
-    layout = Layout(Path(state_dir))
+def _delete_data(state_dir: Path, yes: bool) -> None:
+    layout = Layout(state_dir)
     targets = [p for p in (layout.data, layout.logs) if p.exists()]
     if not targets:
         console.out("no data to delete")

@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
-from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from prefectstack import console
 from prefectstack.cli.options import json_flag, stack_file
 from prefectstack.layout import Layout
-from prefectstack.runtime import service_health, state
-from prefectstack.stack.loader import locate_state_dir
 
-# The process running `prefect server services start` (topology.py names it so): alive and
-# passing its probe even while every loop in it fails, so its log is read as well.
-SERVICES_PROCESS = "services"
+if TYPE_CHECKING:
+    from prefectstack.runtime.backend import Record
+
 _LIVE_STATES = ("starting", "ready")
 
 
@@ -40,18 +36,32 @@ def _health(svc: dict[str, Any]) -> str:
 
 def _check_services_log(svc: dict[str, Any], state_dir: Path) -> None:
     """Mark the services process degraded when its log shows loops failing again and again."""
+    from datetime import datetime
+
+    from prefectstack.runtime import service_health
+
     now = datetime.now()
-    log_path = Layout(state_dir).log(SERVICES_PROCESS)
+    log_path = Layout(state_dir).log(svc["name"])
     health = service_health.assess(service_health.read_tail(log_path, now), now)
     svc["degraded"] = health.degraded
     svc["detail"] = health.describe()
 
 
 def snapshot(state_dir: Any) -> dict[str, Any]:
+    """What `status --json` prints for a stack of the local backend."""
+    from dataclasses import asdict
+
+    from prefectstack.runtime import state
+
     current = state.read(state_dir)
     alive = state.supervisor_alive(state_dir)
     if current is None:
         return {"running": False, "stale": False, "phase": "stopped", "services": []}
+    # The process running `prefect server services start` stays alive and passes its probe
+    # even while every loop in it fails, so its log is read as well. (Imported only once a
+    # stack has run: a stopped stack's status is answered without the topology.)
+    from prefectstack.topology import SERVICES_PROCESS
+
     data = asdict(current)
     data["running"] = alive
     data["stale"] = not alive
@@ -71,7 +81,15 @@ def snapshot(state_dir: Any) -> dict[str, Any]:
 @json_flag
 def status(stack_path: str | None, as_json: bool) -> None:
     """Show whether the stack runs, and the state of each service."""
-    data = snapshot(locate_state_dir(stack_path))
+    from prefectstack.runtime import backend
+    from prefectstack.stack.loader import locate_state_dir
+
+    state_dir = locate_state_dir(stack_path)
+    record = backend.read(state_dir)
+    if record.backend == backend.COMPOSE:
+        _show_compose(state_dir, record, as_json)
+        return
+    data = snapshot(state_dir)
     if as_json:
         console.json_out(data)
         return
@@ -98,6 +116,24 @@ def status(stack_path: str | None, as_json: bool) -> None:
     for s in data["services"]:
         if s["detail"]:
             console.out(f"  {s['name']}: {s['detail']}")
+
+
+
+def _show_compose(state_dir: Path, record: Record, as_json: bool) -> None:
+    from prefectstack.runtime import compose
+
+    data = compose.snapshot(state_dir, record)
+    if as_json:
+        console.json_out(data)
+        return
+    if not data["services"]:
+        console.out("stack is not running (Docker Compose)")
+        return
+    console.out(f"stack `{data['stack']}` (Docker Compose): {data['phase']}   "
+                f"UI: {data['ui_url']}")
+    rows = [[s["service"], s["name"], s["state"], s["health"] or "-", s["status"]]
+            for s in data["services"]]
+    console.table(["service", "container", "state", "health", "status"], rows)
 
 
 COMMANDS = [status]

@@ -4,23 +4,25 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import click
 
-from prefectstack import console, tools, topology
+from prefectstack import console
 from prefectstack.cli.options import stack_file
-from prefectstack.cli.render import up_compose
-from prefectstack.deploy.apply import apply_on_up
 from prefectstack.errors import StackError
 from prefectstack.layout import Layout
-from prefectstack.runtime import edge, local, ports, state
-from prefectstack.runtime.logfiles import tail_lines
-from prefectstack.stack.loader import LoadedStack, load_stack
+
+if TYPE_CHECKING:
+    from prefectstack.runtime import state
+    from prefectstack.stack.loader import LoadedStack
 
 READY_TIMEOUT_SECONDS = 900
 
 
 def summary(loaded: LoadedStack, detached: bool) -> None:
+    from prefectstack import topology
+
     layout = Layout(loaded.state_dir)
     console.out("")
     console.out(f"prefectstack `{loaded.stack.name}` is ready.")
@@ -37,10 +39,21 @@ def summary(loaded: LoadedStack, detached: bool) -> None:
         console.out("  stop:         prefectstack down")
     else:
         console.out("  stop:         Ctrl-C (or prefectstack down from another shell)")
+
+
+def ready(loaded: LoadedStack, detached: bool) -> None:
+    """Once the platform is ready: the summary, then the stack file's deployments. In the
+    foreground the supervisor calls this from its loop, so they are applied on a thread
+    (supervision goes on meanwhile); detached, before `up` returns, so errors are raised."""
+    from prefectstack.deploy.apply import apply_on_up
+
+    summary(loaded, detached)
     apply_on_up(loaded, background=not detached)
 
 
 def _edge_summary(loaded: LoadedStack) -> None:
+    from prefectstack.runtime import edge
+
     root = loaded.state_dir
     if loaded.stack.edge.internal_tls:
         ca = edge.export_ca(root)
@@ -57,25 +70,41 @@ def _edge_summary(loaded: LoadedStack) -> None:
 @click.option("-d", "--detach", is_flag=True, help="Run in the background and return when ready.")
 @click.option(
     "--backend",
+    "backend_name",
     type=click.Choice(["local", "compose"]),
     default="local",
     show_default=True,
     help="Supervised processes on this host, or Docker Compose (needs a Docker engine).",
 )
-def up(stack_path: str | None, detach: bool, backend: str) -> None:
+def up(stack_path: str | None, detach: bool, backend_name: str) -> None:
     """Start every service of the stack, in dependency order, and wait until it is ready."""
+    from prefectstack import topology
+    from prefectstack.runtime import backend
+    from prefectstack.stack.loader import load_stack
+
     loaded = load_stack(stack_path)
-    if backend == "compose":
-        target = up_compose(loaded)
+    backend.check_can_start(loaded.state_dir, backend_name)
+    if backend_name == backend.COMPOSE:
+        from prefectstack.runtime import compose
+
+        target = compose.up(loaded)
         console.out(f"started with Docker Compose from {target}")
         return
+    from prefectstack.runtime import local
+
+    backend.write(loaded.state_dir, backend.Record(
+        backend.LOCAL, stack=loaded.stack.name, ui_url=topology.public_url(loaded.stack)))
     if not detach:
-        code = local.run(loaded, foreground=True, on_ready=lambda: summary(loaded, False))
+        code = local.run(loaded, foreground=True, on_ready=lambda: ready(loaded, False))
         sys.exit(code)
     _up_detached(loaded, stack_path)
 
 
 def _up_detached(loaded: LoadedStack, stack_path: str | None) -> None:
+    from prefectstack import tools, topology
+    from prefectstack.runtime import local, ports, state
+    from prefectstack.runtime.logfiles import tail_lines
+
     state_dir = loaded.state_dir
     local.check_not_running(state_dir)
     ports.check_free(topology.build(loaded.stack))
@@ -103,7 +132,7 @@ def _up_detached(loaded: LoadedStack, stack_path: str | None) -> None:
             seen_alive = True
             _progress(current, reported)
             if current.phase == "ready":
-                summary(loaded, True)
+                ready(loaded, True)
                 if current.message:
                     console.warn(current.message)
                 return
@@ -137,6 +166,8 @@ def _progress(current: state.StackState, reported: dict[str, str]) -> None:
 
 def _pid_alive(pid: int) -> bool:
     import os
+
+    from prefectstack.runtime import state
 
     try:
         done, _ = os.waitpid(pid, os.WNOHANG)
