@@ -8,10 +8,9 @@ import json
 import subprocess
 import sys
 
-# Not imported by registering the commands. httpx, asyncio and psutil are missing from this
-# list only because cli/worker.py still imports prefect_api and tools at its top.
+# Not imported by registering the commands.
 HEAVY = (
-    "pydantic", "yaml", "prefect", "uvicorn", "starlette", "fastapi", "sqlalchemy", "argon2",
+    "httpx", "psutil", "rich", "prefectstack.prefect_api", "prefectstack.tools", "pydantic", "yaml", "prefect", "uvicorn", "starlette", "fastapi", "sqlalchemy", "argon2",
     "sqlite3", "prefectstack.stack", "prefectstack.topology", "prefectstack.render",
     "prefectstack.deploy", "prefectstack.auth.store", "prefectstack.auth.app",
     "prefectstack.runtime.local", "prefectstack.runtime.compose",

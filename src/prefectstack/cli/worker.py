@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import socket
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import click
 
-from prefectstack import console, prefect_api, tools
+from prefectstack import console
 from prefectstack.errors import StackError
 from prefectstack.urls import LOOPBACK_HOSTS, api_url
+
+if TYPE_CHECKING:  # imported when a command runs: `--help` stays fast
+    from prefectstack import prefect_api
 
 
 @click.group()
@@ -43,6 +46,10 @@ def worker() -> None:
 def join(server: str, key: str | None, pool: str, ca_file: str | None, name: str | None,
          health_port: int, limit: int | None, home: str | None) -> None:
     """Run a process worker here against a remote stack, until stopped (Ctrl-C)."""
+    import asyncio
+
+    from prefectstack import prefect_api, tools
+
     target = prefect_api.Target(_api_url(server), api_key=key or None, ca_file=ca_file)
     name = name or _default_name(pool)
     prefect_home = Path(home) if home else Path.home() / ".prefectstack" / "workers" / name
@@ -100,6 +107,8 @@ def _default_name(pool: str) -> str:
 
 async def _preflight(target: prefect_api.Target, pool: str) -> None:
     """Fail here, with a clear message, on a wrong URL, key or CA, not in the worker's loop."""
+    from prefectstack import prefect_api
+
     async with prefect_api.connect(target) as api:
         found = await api.read_work_pool(pool)
     if found is None:
