@@ -52,13 +52,13 @@ def ready(loaded: LoadedStack, detached: bool) -> None:
 
 
 def _edge_summary(loaded: LoadedStack) -> None:
-    from prefectstack.runtime import edge
+    from prefectstack.runtime import handover
 
     root = loaded.state_dir
     if loaded.stack.edge.internal_tls:
-        ca = edge.export_ca(root)
+        ca = handover.export_ca(root)
         console.out(f"  CA cert:      {ca}  (clients: PREFECT_API_SSL_CERT_FILE={ca})")
-    password = edge.admin_password_once(root)
+    password = handover.admin_password_once(root)
     if password:
         console.out(f"  sign in:      user `admin`, password (shown this once): {password}")
         console.out("                change it: prefectstack users passwd admin")

@@ -28,7 +28,7 @@ from prefectstack.deploy.state import (
 )
 from prefectstack.errors import StackError
 from prefectstack.prefect_api import PrefectApi, Target
-from prefectstack.runtime import edge, secrets
+from prefectstack.runtime import handover, secrets
 from prefectstack.stack.deployments import MANAGED_TAG
 from prefectstack.stack.loader import LoadedStack
 from prefectstack.topology import credentials
@@ -59,7 +59,7 @@ def target_for(loaded: LoadedStack, server: str | None = None, key: str | None =
         )
     ca = ca_file
     if ca is None and stack.edge.internal_tls:
-        ca = str(edge.export_ca(loaded.state_dir))
+        ca = str(handover.export_ca(loaded.state_dir))
     return Target(f"{topology.public_url(stack)}/api", api_key=own_key, auth_string=auth,
                   ca_file=ca)
 

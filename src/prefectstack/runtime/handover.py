@@ -1,5 +1,8 @@
-"""What the edge leaves for people: the exported CA certificate and the first admin
-password, shown once."""
+"""What a started stack hands to people: the edge's CA certificate (exported for clients)
+and the first admin password, shown once.
+
+(The edge elsewhere: `stack/edge.py` is its section of the stack file, `topology/edge.py`
+its services, `topology/caddyfile.py` its config, `render/kubernetes_edge.py` its pods.)"""
 
 from __future__ import annotations
 
