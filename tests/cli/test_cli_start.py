@@ -10,7 +10,8 @@ import sys
 
 # Not imported by registering the commands.
 HEAVY = (
-    "httpx", "psutil", "rich", "prefectstack.prefect_api", "prefectstack.tools", "pydantic", "yaml", "prefect", "uvicorn", "starlette", "fastapi", "sqlalchemy", "argon2",
+    "httpx", "psutil", "rich", "prefectstack.prefect_api", "prefectstack.tools",
+    "pydantic", "yaml", "prefect", "uvicorn", "starlette", "fastapi", "sqlalchemy", "argon2",
     "sqlite3", "prefectstack.stack", "prefectstack.topology", "prefectstack.render",
     "prefectstack.deploy", "prefectstack.auth.store", "prefectstack.auth.app",
     "prefectstack.runtime.local", "prefectstack.runtime.compose",
