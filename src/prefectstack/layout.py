@@ -79,6 +79,12 @@ class Layout:
         return self.root / CA_EXPORT
 
     @property
+    def runtime_dir(self) -> Path:
+        """Programs linked here for an unprivileged account that can't reach where they
+        are installed (see runtime/reach.py)."""
+        return self.root / "runtime"
+
+    @property
     def supervisor_log(self) -> Path:
         return self.log(SUPERVISOR_LOG)
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -164,7 +168,13 @@ def spawn(
     log: IO[bytes],
     cwd: Path,
     user: str | None = None,
+    death_signal: int = signal.SIGKILL,
 ) -> Process:
+    """Start a supervised service in a session of its own that gets `death_signal` when we
+    die, even of SIGKILL: a supervisor that is killed leaves no orphan behind.
+
+    The kernel sends it when the *thread* that forked exits, so call this from the thread
+    that lives as long as the service (the supervisor's main thread)."""
     uid, gid, groups = _as_user(user)
     try:
         popen = subprocess.Popen(
@@ -178,10 +188,39 @@ def spawn(
             group=gid,
             extra_groups=groups,
             start_new_session=True,
+            preexec_fn=_die_with_parent(death_signal),
         )
     except FileNotFoundError:
         raise StackError(f"program not found: {argv[0]}") from None
+    except PermissionError:
+        raise StackError(
+            f"permission denied running {argv[0]}" + (f" as {user}" if user else "")
+        ) from None
     return Process(popen)
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(sig: int) -> Callable[[], None] | None:
+    """A pre-exec hook that asks the kernel for `sig` when our forking thread exits (Linux).
+
+    Popen runs it after it has changed user: a change of credentials clears the setting, a
+    plain exec keeps it (only a set-user-ID exec resets it, and our programs are not)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    if threading.current_thread() is not threading.main_thread():
+        # The signal would fire when this (shorter-lived) thread ends, not when we die.
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before fork, not in the child
+    parent = os.getpid()
+
+    def hook() -> None:
+        prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
+        if os.getppid() != parent:  # we died between fork and prctl: nobody will signal it
+            os._exit(1)  # not os.kill: our inherited Python handlers would only set a flag
+
+    return hook
 
 
 def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
@@ -193,6 +232,68 @@ def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
             os.kill(pid, sig)
         except ProcessLookupError:
             pass
+
+
+def leftovers(pid: int | None, started: float | None) -> dict[int, float]:
+    """What is left of a service started earlier by a supervisor that died: its leader (if
+    `pid` is still that process), the leader's descendants, and the members of its process
+    group, which outlive the leader (each service runs in a session of its own, so the
+    group's id is the leader's pid). pid -> start time, to tell a reused pid apart.
+
+    A pid that now runs another process means our group is gone: Linux does not reuse a
+    pid while a process group of that id exists."""
+    if not pid:
+        return {}
+    family: dict[int, float] = {}
+    try:
+        leader = psutil.Process(pid)
+        if started is not None and abs(leader.create_time() - started) >= 1.0:
+            return {}
+        if leader.status() != psutil.STATUS_ZOMBIE:
+            family[pid] = leader.create_time()
+        family |= _descendants(pid)
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        pass
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, OSError):
+            if proc.pid not in family and os.getpgid(proc.pid) == pid:
+                created = proc.create_time()
+                if (started is None or created >= started - 1.0) and _same(proc.pid, created):
+                    family[proc.pid] = created
+                    family |= _descendants(proc.pid)
+    return family
+
+
+def stop_processes(
+    family: dict[int, float], sig: int, grace: float, *, kill_grace: float = 5.0,
+) -> dict[int, float]:
+    """Send `sig` to each process, wait up to `grace` seconds for all of them to exit, then
+    SIGKILL the rest and wait again. Returns those still running after all that (none,
+    unless a process is stuck in the kernel). A zombie counts as gone: its parent (possibly
+    an init that never reaps) holds nothing of ours."""
+    _signal_all(family, sig)
+    if _wait_gone(family, grace):
+        return {}
+    _signal_all(family, signal.SIGKILL)
+    _wait_gone(family, kill_grace)
+    return {p: t for p, t in family.items() if _same(p, t)}
+
+
+def _signal_all(family: dict[int, float], sig: int) -> None:
+    for pid, started in family.items():
+        if _same(pid, started):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+
+
+def _wait_gone(family: dict[int, float], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while True:
+        if not any(_same(p, t) for p, t in family.items()):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
 
 
 def spawn_detached(argv: Sequence[str], *, log: IO[bytes], cwd: Path) -> int:

@@ -20,20 +20,29 @@ import pytest
 from click.testing import CliRunner
 
 from prefectstack.cli import cli
+from prefectstack.cli.status import (
+    EXIT_DEGRADED,
+    EXIT_FAILED,
+    EXIT_HEALTHY,
+    EXIT_NOT_RUNNING,
+    EXIT_STALE,
+    HEALTH_EXIT_CODES,
+)
 from prefectstack.runtime import state
 
 TOP_LEVEL: dict[str, type | tuple[type, ...]] = {
     "stack": str, "source": str, "supervisor_pid": int, "supervisor_started": float,
     "phase": str, "message": str, "ui_url": str, "services": list, "running": bool,
-    "stale": bool,
+    "stale": bool, "health": str,
 }
 SERVICE: dict[str, type | tuple[type, ...]] = {
     "name": str, "kind": str, "state": str, "pid": (int, type(None)),
     "pid_started": (float, type(None)), "started_at": (float, type(None)), "restarts": int,
     "healthy": (bool, type(None)), "last_exit": (int, type(None)), "ports": list,
-    "probe": str, "degraded": bool, "detail": str,
+    "probe": str, "degraded": bool, "detail": str, "stop_signal": str, "essential": bool,
 }
-NOT_RUNNING = {"running": False, "stale": False, "phase": "stopped", "services": []}
+NOT_RUNNING = {"running": False, "stale": False, "phase": "stopped", "services": [],
+               "health": "stopped"}
 
 
 def _dead_pid() -> tuple[int, float]:
@@ -90,10 +99,14 @@ def supervisor(state_dir: Path) -> Iterator[None]:
     lock.release()
 
 
-def status_json(stack_file: Path) -> dict[str, Any]:
+def status_json(stack_file: Path, code: int | None = None) -> dict[str, Any]:
+    """`status --json`; its exit code must be the one of the health it reports."""
     result = CliRunner().invoke(cli, ["status", "--json", "-f", str(stack_file)])
-    assert result.exit_code == 0, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
     data: dict[str, Any] = json.loads(result.stdout)
+    assert result.exit_code == HEALTH_EXIT_CODES[data["health"]], result.output
+    if code is not None:
+        assert result.exit_code == code
     return data
 
 
@@ -111,9 +124,10 @@ def _assert_shape(data: dict[str, Any]) -> None:
 def test_running_stack(
     stack_file: Path, written: state.StackState, supervisor: None
 ) -> None:
-    data = status_json(stack_file)
+    data = status_json(stack_file, EXIT_DEGRADED)  # api-1 is gone
     _assert_shape(data)
     assert (data["running"], data["stale"], data["phase"]) == (True, False, "ready")
+    assert data["health"] == "degraded"
     assert data["stack"] == "demo" and data["source"] == str(stack_file)
     assert data["supervisor_pid"] == os.getpid()
     assert data["ui_url"] == "https://localhost:8443"
@@ -140,14 +154,17 @@ def test_stale_state_when_nobody_holds_the_lock(
     stack_file: Path, written: state.StackState
 ) -> None:
     """A state file left behind by a supervisor that died (`kill -9`)."""
-    data = status_json(stack_file)
+    data = status_json(stack_file, EXIT_STALE)
     _assert_shape(data)
     assert (data["running"], data["stale"], data["phase"]) == (False, True, "stale")
-    assert [s["state"] for s in data["services"]] == ["ready", "completed", "gone", "ready"]
+    # nobody supervises what still runs: no frozen "ready/healthy" rows
+    assert [s["state"] for s in data["services"]] == ["orphaned", "completed", "gone",
+                                                      "orphaned"]
+    assert [s["healthy"] for s in data["services"]] == [None, None, None, None]
 
 
 def test_not_running(stack_file: Path, state_dir: Path) -> None:
-    assert status_json(stack_file) == NOT_RUNNING
+    assert status_json(stack_file, EXIT_NOT_RUNNING) == NOT_RUNNING
     assert not (state_dir / "state.json").exists()
 
 
@@ -164,11 +181,109 @@ def test_not_running_through_main_from_the_stack_directory(stack_file: Path) -> 
     result = subprocess.run([sys.executable, "-m", "prefectstack", "status", "--json"],
                             cwd=stack_file.parent, capture_output=True, text=True, env=env,
                             timeout=60, check=False)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == EXIT_NOT_RUNNING, result.stderr
     assert json.loads(result.stdout) == NOT_RUNNING
 
 
 def test_human_output_when_not_running(stack_file: Path) -> None:
     result = CliRunner().invoke(cli, ["status", "-f", str(stack_file)])
-    assert result.exit_code == 0
+    assert result.exit_code == EXIT_NOT_RUNNING
     assert result.stdout == "stack is not running\n"
+
+
+# -- exit codes and honest states --------------------------------------------------------------
+
+
+def _write(state_dir: Path, phase: str, *services: state.ServiceState) -> None:
+    me = psutil.Process()
+    state_dir.mkdir(exist_ok=True)
+    state.write(state_dir, state.StackState(
+        stack="demo", source="stack.yaml", supervisor_pid=me.pid,
+        supervisor_started=me.create_time(), phase=phase, services=list(services)))
+
+
+def _unit(name: str, unit_state: str, *, healthy: bool | None = True, restarts: int = 0,
+          running: bool = True) -> state.ServiceState:
+    me = psutil.Process()
+    return state.ServiceState(
+        name=name, kind="daemon", state=unit_state, healthy=healthy, restarts=restarts,
+        pid=me.pid if running else None, pid_started=me.create_time() if running else None,
+        started_at=me.create_time() if running else None)
+
+
+def _oneshot_done() -> state.ServiceState:
+    return state.ServiceState(name="migrate", kind="oneshot", state="completed", last_exit=0)
+
+
+def test_exit_codes_are_distinct_and_documented() -> None:
+    codes = [EXIT_HEALTHY, EXIT_NOT_RUNNING, EXIT_DEGRADED, EXIT_FAILED, EXIT_STALE]
+    assert EXIT_HEALTHY == 0 and len(set(codes)) == 5
+    assert not {1, 2} & set(codes), "1 and 2 are the CLI's errors"
+    result = CliRunner().invoke(cli, ["status", "--help"])
+    for code in codes:
+        assert f"  {code}  " in result.stdout
+
+
+def test_a_healthy_stack_exits_0(stack_file: Path, state_dir: Path, supervisor: None) -> None:
+    _write(state_dir, "ready", _unit("postgres", "ready"), _oneshot_done(), _unit("api", "ready"))
+    data = status_json(stack_file, EXIT_HEALTHY)
+    _assert_shape(data)
+    assert data["health"] == "healthy"
+
+
+@pytest.mark.parametrize("unit", [
+    _unit("worker-1", "backoff", healthy=False, restarts=4, running=False),
+    _unit("worker-1", "ready", healthy=False),
+    _unit("worker-1", "starting", healthy=None),
+    _unit("worker-1", "blocked", healthy=None, running=False),
+])
+def test_a_unit_not_ready_or_unhealthy_is_degraded(
+    stack_file: Path, state_dir: Path, supervisor: None, unit: state.ServiceState,
+) -> None:
+    _write(state_dir, "ready", _unit("postgres", "ready"), unit)
+    data = status_json(stack_file, EXIT_DEGRADED)
+    assert data["services"][1]["state"] == unit.state
+
+
+def test_a_unit_in_backoff_is_never_shown_ready(
+    stack_file: Path, state_dir: Path, supervisor: None,
+) -> None:
+    _write(state_dir, "ready", _unit("postgres", "ready"),
+           _unit("worker-1", "backoff", healthy=False, restarts=4, running=False))
+    result = CliRunner().invoke(cli, ["status", "-f", str(stack_file)])
+    assert result.exit_code == EXIT_DEGRADED
+    row = next(line for line in result.stdout.splitlines() if line.startswith("worker-1"))
+    assert "backoff" in row and "ready" not in row and " 4 " in row
+    assert "worker-1: restarting (restart 4)" in result.stdout
+    assert "health: degraded" in result.stdout
+
+
+def test_a_failed_unit_beside_a_running_stack_exits_failed(
+    stack_file: Path, state_dir: Path, supervisor: None,
+) -> None:
+    _write(state_dir, "ready", _unit("postgres", "ready"),
+           _unit("worker-1", "failed", healthy=False, restarts=5, running=False),
+           _unit("worker-2", "blocked", healthy=None, running=False))
+    data = status_json(stack_file, EXIT_FAILED)
+    assert [s["state"] for s in data["services"]] == ["ready", "failed", "blocked"]
+
+
+def test_a_stack_that_failed_and_was_stopped_is_failed_not_stale(
+    stack_file: Path, state_dir: Path,
+) -> None:
+    dead_pid, dead_started = _dead_pid()
+    gone = state.ServiceState(name="api-1", kind="daemon", state="failed", pid=dead_pid,
+                              pid_started=dead_started)
+    _write(state_dir, "failed", _oneshot_done(), gone)
+    data = status_json(stack_file, EXIT_FAILED)
+    assert data["stale"] is True and data["health"] == "failed"
+    human = CliRunner().invoke(cli, ["status", "-f", str(stack_file)])
+    assert "the stack failed and its supervisor stopped it" in human.stderr
+
+
+def test_a_stale_stack_exits_stale_also_in_human_form(
+    stack_file: Path, written: state.StackState,
+) -> None:
+    result = CliRunner().invoke(cli, ["status", "-f", str(stack_file)])
+    assert result.exit_code == EXIT_STALE
+    assert "supervisor is gone" in result.stderr

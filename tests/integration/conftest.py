@@ -76,8 +76,15 @@ def cli(
     return result
 
 
+# `status` exits like `systemctl is-active`: 0 healthy, else 3 not running, 4 degraded, 5
+# failed, 6 stale (1 and 2 stay errors of the command itself).
+STATUS_CODES = (0, 3, 4, 5, 6)
+
+
 def status(cwd: Path) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(cli("status", "--json", cwd=cwd).stdout)
+    result = cli("status", "--json", cwd=cwd, check=False)
+    assert result.returncode in STATUS_CODES, result.stderr
+    data: dict[str, Any] = json.loads(result.stdout)
     return data
 
 
@@ -102,6 +109,20 @@ def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.5) -
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def searchable_basetemp(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Run as root, the stack's unprivileged account (PostgreSQL, the edge) must reach state
+    dirs under pytest's temp dir, which pytest makes 0700 inside a 0700 directory. The test
+    run, not prefectstack, opens its own two dirs for search (never read); prefectstack
+    itself refuses a state dir it can't reach and changes nothing outside it."""
+    if os.geteuid() != 0:
+        return
+    base = tmp_path_factory.getbasetemp()
+    for directory in (base.parent, base):
+        if directory.stat().st_uid == os.geteuid():
+            directory.chmod(directory.stat().st_mode | 0o001)
 
 
 @pytest.fixture(scope="module")

@@ -54,7 +54,7 @@ def test_the_resolver_refuses_what_it_has_no_value_for(tmp_path: Path) -> None:
 def test_prepare_writes_private_secrets_and_redis_conf(tmp_path: Path) -> None:
     stack = loaded(tmp_path)
     services = topology.build(stack.stack)
-    layout, resolve = local.prepare(stack, services)
+    layout, resolve, _ = local.prepare(stack, services)
     assert layout.root == stack.state_dir
     assert layout.logs.is_dir() and layout.data.is_dir()
     assert mode(layout.secrets_file) == 0o600
@@ -77,7 +77,7 @@ def test_prepare_writes_private_secrets_and_redis_conf(tmp_path: Path) -> None:
 def test_prepare_again_keeps_every_secret(tmp_path: Path) -> None:
     stack = loaded(tmp_path)
     services = topology.build(stack.stack)
-    layout, _ = local.prepare(stack, services)
+    layout, _, _ = local.prepare(stack, services)
     first = layout.secrets_file.read_text()
     local.prepare(stack, services)
     assert layout.secrets_file.read_text() == first
@@ -89,7 +89,7 @@ def test_a_literal_password_from_the_stack_file_is_used_but_never_stored(
     url = "postgresql://prefect:hunter2@db.internal:5432/prefect"
     stack = loaded(tmp_path, postgres={"mode": "external", "url": url})
     services = topology.build(stack.stack)
-    layout, resolve = local.prepare(stack, services)
+    layout, resolve, _ = local.prepare(stack, services)
     assert "hunter2" not in layout.secrets_file.read_text()
     api = next(s for s in services if s.name == "api-1")
     assert resolve(api.env["PREFECT_SERVER_DATABASE_CONNECTION_URL"]) == url.replace(

@@ -365,7 +365,7 @@ def _running_stack(tmp_path: Path, services_log: str) -> Path:
 
 def _status(tmp_path: Path, *args: str) -> str:
     result = CliRunner().invoke(cli, ["status", "-f", str(tmp_path / "stack.yaml"), *args])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code in (0, 4, 6), result.output  # healthy, degraded, stale
     return result.stdout
 
 

@@ -228,3 +228,16 @@ def test_lock_held_by_another_process_and_freed_when_it_dies(tmp_path: Path) -> 
         holder.wait()
     assert not state.supervisor_alive(tmp_path)
     assert (tmp_path / "supervisor.lock").exists()
+
+
+def test_a_state_file_without_the_newer_fields_reads_with_their_defaults(
+    tmp_path: Path,
+) -> None:
+    """A supervisor of the previous version wrote no stop signal: cleanup still works."""
+    (tmp_path / FILE).write_text(json.dumps({
+        "stack": "s", "source": "x", "supervisor_pid": 1, "supervisor_started": 1.0,
+        "phase": "ready", "services": [{"name": "postgres", "kind": "daemon", "state": "ready"}],
+    }))
+    read = state.read(tmp_path)
+    assert read is not None
+    assert (read.services[0].stop_signal, read.services[0].essential) == ("SIGTERM", True)

@@ -531,3 +531,143 @@ def test_a_program_that_cannot_be_started_is_a_failure_not_a_crash() -> None:
     assert "could not start" in sup.message and "Permission denied" in sup.message
     sup.tick()
     assert launcher.proc("db").signals == [SIGINT], "what did start is stopped, not orphaned"
+
+
+# -- failure isolation, blocked dependents, liveness, spawn records ---------------------------
+
+
+def test_dependents_of_a_failed_unit_are_blocked_and_never_started() -> None:
+    rig = Rig([daemon("api"),
+               daemon("edge", "api", essential=False, restart=RestartPolicy(enabled=False)),
+               daemon("worker", "edge", essential=False),
+               oneshot("pools", "worker", essential=False),
+               daemon("exporter", "api", essential=False)])
+    rig.prober.ready.update({"api", "exporter"})
+    rig.tick(2)
+    rig.launcher.proc("edge").exit(1)
+    rig.tick()
+    assert rig.state("edge") == "failed"
+    assert rig.state("worker") == "blocked" and rig.state("pools") == "blocked"
+    assert "worker blocked: edge failed" in rig.sup.events
+    assert rig.sup.phase == "ready", "the rest is up: blocked non-essential units do not hold it"
+    assert rig.state("exporter") == "ready" and rig.state("api") == "ready"
+    rig.clock.advance(600)
+    rig.tick(3)
+    assert "worker" not in rig.launcher.started and "pools" not in rig.launcher.started
+    assert rig.launcher.proc("api").signals == []
+
+
+def test_an_essential_unit_blocked_by_a_failed_one_fails_the_stack() -> None:
+    rig = Rig([daemon("db"), daemon("aux", essential=False, restart=RestartPolicy(enabled=False)),
+               daemon("api", "db", "aux")])
+    rig.prober.ready.add("db")
+    rig.tick()
+    rig.launcher.proc("aux").exit(1)
+    rig.tick()
+    assert rig.state("api") == "blocked"
+    assert rig.sup.phase == "failed" and "api blocked: aux failed" in rig.sup.message
+    rig.tick()
+    assert rig.launcher.proc("db").signals == [SIGTERM]
+
+
+def test_a_unit_in_backoff_is_reported_as_backoff_with_its_restarts() -> None:
+    rig = Rig([daemon("worker", essential=False)])
+    rig.prober.ready.add("worker")
+    rig.tick(2)
+    crash_and_measure_delay(rig, "worker")
+    rig.tick()
+    rig.launcher.proc("worker").exit(1)
+    rig.tick()
+    unit = rig.sup.units["worker"]
+    assert (unit.state, unit.restarts, unit.healthy) == ("backoff", 1, False)
+
+
+def test_a_daemon_whose_probe_keeps_failing_is_restarted() -> None:
+    policy = RestartPolicy(liveness_seconds=30)
+    rig = Rig([daemon("db"), daemon("auth", "db", restart=policy)])
+    rig.prober.ready.update({"db", "auth"})
+    rig.tick(3)
+    assert rig.state("auth") == "ready"
+    hung = rig.launcher.proc("auth")
+    hung._exits_on = set()  # like a stopped process: it exits only once we say so
+    rig.prober.ready.discard("auth")
+    for _ in range(6):  # probes every 5 s fail: 25 s of failures, not yet 30
+        rig.clock.advance(HEALTH_INTERVAL_SECONDS)
+        rig.tick()
+    assert rig.state("auth") == "ready" and rig.sup.units["auth"].healthy is False
+    assert hung.signals == []
+    rig.clock.advance(HEALTH_INTERVAL_SECONDS)
+    rig.tick()
+    assert hung.signals == [SIGKILL]
+    assert rig.state("auth") == "stopping"
+    assert rig.launcher.started.count("auth") == 1, "no replacement while the old one runs"
+    hung.exit(-9)
+    rig.tick()
+    assert rig.state("auth") == "backoff"
+    assert any("auth unhealthy for 30s" in e for e in rig.sup.events)
+    rig.prober.ready.add("auth")
+    rig.clock.advance(1)
+    rig.tick(2)
+    assert rig.launcher.started.count("auth") == 2 and rig.state("auth") == "ready"
+    assert rig.sup.units["auth"].restarts == 1
+    assert rig.launcher.proc("db").signals == [] and rig.sup.phase == "ready"
+
+
+def test_a_probe_that_recovers_resets_the_liveness_timer() -> None:
+    rig = Rig([daemon("api", restart=RestartPolicy(liveness_seconds=30))])
+    rig.prober.ready.add("api")
+    rig.tick(2)
+    for _ in range(5):
+        rig.prober.ready.discard("api")
+        for _ in range(5):  # 20 s failing
+            rig.clock.advance(HEALTH_INTERVAL_SECONDS)
+            rig.tick()
+        rig.prober.ready.add("api")
+        rig.clock.advance(HEALTH_INTERVAL_SECONDS)
+        rig.tick()
+    assert rig.launcher.started == ["api"] and rig.launcher.signals == []
+
+
+def test_liveness_zero_only_reports() -> None:
+    rig = Rig([daemon("api", restart=RestartPolicy(liveness_seconds=0))])
+    rig.prober.ready.add("api")
+    rig.tick(2)
+    rig.prober.ready.clear()
+    rig.clock.advance(3600)
+    rig.tick(2)
+    assert rig.launcher.signals == [] and rig.sup.units["api"].healthy is False
+
+
+def test_a_kill_that_does_not_take_is_repeated_after_the_grace_period() -> None:
+    rig = Rig([daemon("api", ready_timeout_seconds=10)], grace=5)
+    rig.launcher.exits_on["api"] = set()
+    rig.tick()
+    rig.clock.advance(11)
+    rig.tick()
+    proc = rig.launcher.proc("api")
+    assert proc.signals == [SIGKILL] and rig.state("api") == "stopping"
+    rig.clock.advance(6)
+    rig.tick()
+    assert proc.signals == [SIGKILL, SIGKILL]
+    proc.exit(-9)
+    rig.tick()
+    assert rig.state("api") == "backoff"
+
+
+def test_each_spawn_is_announced_before_anything_can_wait() -> None:
+    """The caller writes the new pid to state.json in on_spawn, before the next probe."""
+    rig = Rig([daemon("db"), daemon("api", "db")])
+    seen: list[tuple[str, int, set[str]]] = []
+
+    class RecordingProber(FakeProber):
+        def check(self, svc: Service) -> bool:
+            assert seen and seen[-1][0] == svc.name, "probed before its spawn was recorded"
+            return super().check(svc)
+
+    rig.sup.prober = rig.prober = RecordingProber()
+    rig.sup.on_spawn = lambda unit: seen.append(
+        (unit.svc.name, unit.proc.pid if unit.proc else 0, set(rig.launcher.started)))
+    rig.prober.ready.add("db")
+    rig.tick(2)
+    assert [(n, p) for n, p, _ in seen] == [("db", rig.launcher.proc("db").pid),
+                                          ("api", rig.launcher.proc("api").pid)]

@@ -13,7 +13,9 @@ from prefectstack import tools
 
 # A parent whose child leaves the parent's session and ignores SIGTERM, like a flow run that
 # is slow to handle its termination.
-SCRIPT = "setsid sh -c 'trap \"\" TERM; while :; do sleep 0.1; done' & sleep 60"
+# It writes its pid to a file once it runs: the test's readiness signal.
+SCRIPT = ("setsid sh -c 'echo $$ > detached.pid; trap \"\" TERM; while :; do sleep 0.1; done' "
+          "& sleep 60")
 
 
 def _wait(predicate: object, seconds: float = 10) -> None:
@@ -31,10 +33,10 @@ def test_a_service_counts_as_stopped_only_once_its_detached_children_are_gone(
     with open(tmp_path / "log", "wb") as log:
         proc = tools.spawn(["sh", "-c", SCRIPT], env={"PATH": "/usr/bin:/bin"}, log=log,
                            cwd=tmp_path)
-    _wait(lambda: len(psutil.Process(proc.pid).children(recursive=True)) >= 2)
-    detached = [c for c in psutil.Process(proc.pid).children(recursive=True)
-                if c.name() == "sh"]
-    assert detached
+    pid_file = tmp_path / "detached.pid"
+    _wait(lambda: pid_file.exists() and pid_file.read_text().strip())
+    detached = [psutil.Process(int(pid_file.read_text()))]
+    assert detached[0].is_running()
     proc.send(signal.SIGTERM)
     _wait(lambda: proc._popen.poll() is not None)  # the parent itself is gone
     time.sleep(0.3)

@@ -1,8 +1,8 @@
 """Shared by `users`, `keys` and `audit`: open the auth store of a stack's state dir.
 
-The store belongs to the unprivileged account the auth service runs as; a CLI run as root
-hands every file it touched back to that account, or the service could no longer write its
-own database.
+The store belongs to the account the auth service runs as (whoever started the stack); a
+CLI run as root hands every file it touched back to the owner of the store's directory, or
+the service could no longer write its own database.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prefectstack.layout import Layout
@@ -27,16 +28,15 @@ def open_store(stack_path: str | None) -> Iterator[Store]:
 
     loaded = load_stack(stack_path)
     directory = Layout(loaded.state_dir).auth_dir
+    owner = _owner(directory)
     store = Store(directory)
     try:
         yield store
     finally:
         store.close()
-        if pgdata.is_root():
-            owner = loaded.stack.postgres.os_user
-            pgdata.ensure_os_user(owner)
+        if pgdata.is_root() and owner:
             for path in [directory, *directory.iterdir()]:
-                os.chown(path, *pgdata.ids(owner))
+                os.chown(path, *owner)
 
 
 def record_cli(stack_path: str | None, action: str, key_prefix: str | None = None) -> None:
@@ -54,8 +54,18 @@ def record_cli(stack_path: str | None, action: str, key_prefix: str | None = Non
         time=now_iso(), identity=f"cli:{getpass.getuser()}", role="admin", method="CLI",
         path=action, status=200, client="local", key_prefix=key_prefix,
         reason="changed from the prefectstack command line"))
-    if pgdata.is_root():
-        os.chown(log, *pgdata.ids(loaded.stack.postgres.os_user))
+    owner = _owner(log.parent)
+    if pgdata.is_root() and owner:
+        os.chown(log, *owner)
+
+
+def _owner(directory: Path) -> tuple[int, int] | None:
+    """Who owns an existing store directory (None: not there yet, or root's)."""
+    try:
+        st = directory.stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_uid, st.st_gid) if st.st_uid != 0 else None
 
 
 def when(timestamp: float | None) -> str:

@@ -44,9 +44,16 @@ def _down_local(state_dir: Path, volumes: bool, yes: bool) -> None:
         _stop_supervisor(current.supervisor_pid, state_dir)
         console.out("stack stopped")
     else:
+        # Waits until every leftover process has exited (PostgreSQL after a clean shutdown).
         cleaned = local.cleanup_stale(state_dir)
         if cleaned:
-            console.warn("the supervisor had died; killed leftover " + ", ".join(cleaned))
+            console.warn("the supervisor had died; stopped leftover " + ", ".join(cleaned))
+        elif current is not None and current.phase == "failed":
+            console.out(f"the stack had failed and was stopped ({current.message}); "
+                        "removed its state")
+        elif current is not None:
+            console.warn("the supervisor had died and its services with it; "
+                         "removed its leftover state")
         else:
             console.out("stack is not running")
     if volumes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from prefectstack.errors import StackError
@@ -67,9 +68,13 @@ def caddy() -> str:
         return found
 
 
-def resolve_argv(argv: tuple[str, ...], pg_mode: str, redis_mode: str) -> list[str]:
-    """Logical program names from the topology → a real command line."""
+def resolve_argv(argv: tuple[str, ...], pg_mode: str, redis_mode: str,
+                 program_paths: Mapping[str, str] | None = None) -> list[str]:
+    """Logical program names from the topology → a real command line (`program_paths`:
+    programs to run from elsewhere, e.g. linked where an unprivileged account reaches)."""
     program, rest = argv[0], list(argv[1:])
+    if program_paths and program in program_paths:
+        return [program_paths[program], *rest]
     if program == "postgres":
         return [str(postgres_bin_dir(pg_mode) / "postgres"), *rest]
     if program == "redis-server":

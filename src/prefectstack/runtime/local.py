@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import signal
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -16,7 +19,15 @@ import psutil
 from prefectstack import console, tools, topology
 from prefectstack.errors import StackError
 from prefectstack.layout import Layout
-from prefectstack.runtime import pgdata, ports, programs, secrets, service_health, state
+from prefectstack.runtime import (
+    pgdata,
+    ports,
+    programs,
+    secrets,
+    service_health,
+    state,
+    unprivileged,
+)
 from prefectstack.runtime.binaries import postgres_bin_dir, resolve_argv
 from prefectstack.runtime.logfiles import LogFollower, tail_lines
 from prefectstack.runtime.probes import RealProber
@@ -26,6 +37,9 @@ from prefectstack.topology import LOOPBACK, Service, credentials, placeholders
 
 TICK_SECONDS = 0.2
 LOG_ROTATE_BYTES = 20 * 1024 * 1024
+# Stale cleanup: how long each leftover service gets to act on its stop signal (PostgreSQL's
+# fast shutdown, a worker marking its runs) before SIGKILL.
+STALE_STOP_GRACE_SECONDS = 20.0
 
 
 class Resolver:
@@ -63,26 +77,32 @@ class Resolver:
 
 
 class LocalLauncher:
-    def __init__(self, loaded: LoadedStack, layout: Layout, resolve: Resolver) -> None:
+    def __init__(self, loaded: LoadedStack, layout: Layout, resolve: Resolver,
+                 program_paths: dict[str, str] | None = None) -> None:
         self.stack = loaded.stack
         self.layout = layout
         self.resolve = resolve
+        self.program_paths = program_paths or {}
         self.run_as = pgdata.is_root()
         self._logs: dict[str, IO[bytes]] = {}
 
     def start(self, svc: Service) -> tools.Process:
         argv = resolve_argv(
             tuple(self.resolve(a) for a in programs.argv(svc)), self.stack.postgres.mode,
-            self.stack.redis.mode,
+            self.stack.redis.mode, self.program_paths,
         )
         env = _base_env() | {k: self.resolve(v) for k, v in programs.env(svc).items()}
         log = self._log(svc.name)
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        log.write(f"{service_health.RESTART_MARKER}{svc.name} at {stamp} ---\n".encode())
-        log.flush()
+        with contextlib.suppress(OSError):  # a full disk must not stop a restart
+            log.write(f"{service_health.RESTART_MARKER}{svc.name} at {stamp} ---\n".encode())
+            log.flush()
         user = svc.run_as if (svc.run_as and self.run_as) else None
         cwd = self.layout.volume(svc.volumes[0]) if svc.volumes else self.layout.root
-        return tools.spawn(argv, env=env, log=log, cwd=cwd, user=user)
+        # If we die (even of SIGKILL) it gets its own stop signal: PostgreSQL shuts down
+        # cleanly; whatever ignores it is stopped by the next `up` or `down` (cleanup_stale).
+        return tools.spawn(argv, env=env, log=log, cwd=cwd, user=user,
+                           death_signal=getattr(signal, svc.stop_signal))
 
     def _log(self, name: str) -> IO[bytes]:
         if name not in self._logs:
@@ -101,8 +121,11 @@ def _base_env() -> dict[str, str]:
     return env
 
 
-def prepare(loaded: LoadedStack, services: list[Service]) -> tuple[Layout, Resolver]:
-    """Everything that must exist before the first process starts."""
+def prepare(
+    loaded: LoadedStack, services: list[Service],
+) -> tuple[Layout, Resolver, dict[str, str]]:
+    """Everything that must exist before the first process starts. Returns the layout, the
+    placeholder resolver and the programs to run from elsewhere (logical name -> path)."""
     layout = Layout(loaded.state_dir)
     layout.root.mkdir(parents=True, exist_ok=True)
     layout.root.chmod(0o700 if not pgdata.is_root() else 0o711)
@@ -111,15 +134,19 @@ def prepare(loaded: LoadedStack, services: list[Service]) -> tuple[Layout, Resol
     external = topology.external_values(loaded.stack)
     needed = topology.generated_secret_names(loaded.stack)
     values = secrets.ensure(layout.root, needed | _extra_secrets(loaded)) | external
+    flows = flows_dir(loaded)
+    reachable = unprivileged.Reachable()
+    if pgdata.is_root():
+        for account in {svc.run_as for svc in services if svc.run_as}:
+            pgdata.ensure_os_user(account)
+        reachable = unprivileged.prepare(loaded.stack, services, layout, flows)
     resolve = Resolver(
-        layout, values, {"flows": str(flows_dir(loaded))},
+        layout, values, {"flows": str(reachable.flows or flows)},
         {svc.name: svc.ports[0] for svc in services if svc.ports},
         topology.public_url(loaded.stack) if loaded.stack.edge.enabled else "",
     )
     for svc in services:
         owner = svc.run_as if (svc.run_as and pgdata.is_root()) else None
-        if owner:
-            pgdata.ensure_os_user(owner)
         for volume in svc.volumes:
             if svc.prepare != "pgdata":
                 layout.volume(volume).mkdir(parents=True, exist_ok=True)
@@ -129,17 +156,15 @@ def prepare(loaded: LoadedStack, services: list[Service]) -> tuple[Layout, Resol
             secrets.write_private(layout.data / rel, resolve(content))
             if owner:
                 pgdata.chown_tree(layout.data / rel, owner)
-        if owner:
-            pgdata.ensure_traversable(layout.data)
         if svc.prepare == "pgdata":
             layout.data.mkdir(parents=True, exist_ok=True)
             pgdata.prepare(
                 layout.volume("pgdata"),
-                postgres_bin_dir(loaded.stack.postgres.mode),
+                reachable.postgres_bin or postgres_bin_dir(loaded.stack.postgres.mode),
                 svc.run_as,
                 values[credentials.POSTGRES_SUPERUSER_PASSWORD],
             )
-    return layout, resolve
+    return layout, resolve, reachable.programs
 
 
 def flows_dir(loaded: LoadedStack) -> Path:
@@ -164,17 +189,31 @@ def check_not_running(state_dir: Path) -> None:
     cleanup_stale(state_dir)
 
 
-def cleanup_stale(state_dir: Path) -> list[str]:
-    """A supervisor that died left processes and a state file: stop what is ours."""
+def cleanup_stale(state_dir: Path, grace: float = STALE_STOP_GRACE_SECONDS) -> list[str]:
+    """A supervisor that died left processes and a state file: stop what is ours the way
+    the supervisor would (its stop signal, PostgreSQL's SIGINT included, in reverse order,
+    SIGKILL after `grace`), and wait for every process of each service (descendants and
+    process group too) to exit. Only then is the state file removed: a port is free for the
+    next `up`, and a process we could not stop is never forgotten."""
     old = state.read(state_dir)
     if old is None:
         return []
-    cleaned = []
+    cleaned, stuck = [], []
     for svc in reversed(old.services):
-        if state.same_process(svc.pid, svc.pid_started):
-            assert svc.pid is not None
-            tools.kill_group(svc.pid, signal.SIGKILL)
-            cleaned.append(f"{svc.name} (pid {svc.pid})")
+        family = tools.leftovers(svc.pid, svc.pid_started)
+        if not family:
+            continue
+        sig = getattr(signal, svc.stop_signal, signal.SIGTERM)
+        survivors = tools.stop_processes(family, sig, grace)
+        cleaned.append(f"{svc.name} (pid {svc.pid})")
+        stuck += [f"{svc.name} (pid {pid})" for pid in survivors]
+    if stuck:
+        raise StackError(
+            "these processes of a dead supervisor did not exit even after SIGKILL: "
+            + ", ".join(stuck),
+            hint=f"they are still recorded in {state_dir / 'state.json'}; "
+                 "`prefectstack down` tries again",
+        )
     state.remove(state_dir)
     return cleaned
 
@@ -189,8 +228,8 @@ def run(loaded: LoadedStack, *, foreground: bool, on_ready: Callable[[], None]) 
     cleanup_stale(state_dir)
     try:
         ports.check_free(services)
-        layout, resolve = prepare(loaded, services)
-        launcher = LocalLauncher(loaded, layout, resolve)
+        layout, resolve, program_paths = prepare(loaded, services)
+        launcher = LocalLauncher(loaded, layout, resolve, program_paths)
         sup = Supervisor(services, launcher, RealProber(), time.monotonic)
         return _loop(loaded, sup, layout, foreground, on_ready)
     finally:
@@ -208,9 +247,32 @@ def _loop(
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    follower = LogFollower(layout.logs) if foreground else None
     me = psutil.Process()
     snapshot = StateWriter(loaded, sup, me.pid, me.create_time())
+    sup.on_spawn = lambda _unit: snapshot.write()
+    try:
+        snapshot.write()
+        return _supervise(loaded, sup, layout, foreground, on_ready, snapshot, stop_reason)
+    except BaseException as exc:
+        # A bug of ours (or an interpreter error) must not orphan what we started.
+        if isinstance(exc, Exception):
+            console.error(StackError(f"the supervisor failed ({type(exc).__name__}: {exc}); "
+                                     "stopping the stack"))
+            for line in traceback.format_exc().splitlines():
+                console.event(line)
+        abort(sup, f"supervisor error: {type(exc).__name__}: {exc}")
+        with contextlib.suppress(Exception):
+            snapshot.write()
+        if not isinstance(exc, Exception):
+            raise
+        return 1
+
+
+def _supervise(
+    loaded: LoadedStack, sup: Supervisor, layout: Layout, foreground: bool,
+    on_ready: Callable[[], None], snapshot: StateWriter, stop_reason: list[str],
+) -> int:
+    follower = LogFollower(layout.logs) if foreground else None
     announced = False
     while not sup.done:
         if stop_reason and sup.phase in ("starting", "ready"):
@@ -238,11 +300,55 @@ def _loop(
     return 0
 
 
+def abort(sup: Supervisor, reason: str, *, grace: float | None = None,
+          clock: Callable[[], float] = time.monotonic, pause: float = TICK_SECONDS) -> None:
+    """Stop everything the supervisor started after an unexpected error: through its own
+    stop sequence (reverse order, stop signals, SIGKILL after the grace period) while that
+    works, and if the machine itself is what fails, by signalling every process directly
+    in reverse order. Never raises."""
+    grace = sup.stop_grace_seconds if grace is None else grace
+    deadline = clock() + grace + 5
+    try:
+        sup.phase, sup.message = "failed", reason
+        sup.begin_stop(reason)
+        while not sup.done and clock() < deadline:
+            sup.tick()
+            if not sup.done:
+                time.sleep(pause)
+        if sup.done:
+            return
+    except Exception:  # the fallback below must run whatever broke
+        pass
+    _kill_directly(sup, grace, clock, pause)
+
+
+def _kill_directly(sup: Supervisor, grace: float, clock: Callable[[], float],
+                   pause: float) -> None:
+    for name in reversed(sup.order):
+        unit = sup.units[name]
+        proc = unit.proc
+        if proc is None:
+            continue
+        with contextlib.suppress(Exception):
+            proc.send(getattr(signal, unit.svc.stop_signal, signal.SIGTERM))
+            deadline = clock() + grace
+            while proc.poll() is None and clock() < deadline:
+                time.sleep(pause)
+            if proc.poll() is None:
+                proc.send(signal.SIGKILL)
+        unit.proc = None
+
+
 class StateWriter:
+    """Writes state.json when it changes. A failing write (a full disk, a read-only or
+    vanished state dir) never stops the supervisor: it is reported once and retried on
+    the next change or tick."""
+
     def __init__(self, loaded: LoadedStack, sup: Supervisor, pid: int, started: float) -> None:
         self.loaded, self.sup, self.pid, self.started = loaded, sup, pid, started
         self.last = ""
         self.wall_offset = time.time() - time.monotonic()
+        self.failing: int | None = None  # errno of the write that is failing, if one is
 
     def write(self) -> None:
         services = []
@@ -256,6 +362,7 @@ class StateWriter:
                     started_at=(unit.started_at + self.wall_offset) if unit.started_at else None,
                     restarts=unit.restarts, healthy=unit.healthy, last_exit=unit.last_exit,
                     ports=list(unit.svc.ports), probe=unit.svc.probe.describe(),
+                    stop_signal=unit.svc.stop_signal, essential=unit.svc.essential,
                 )
             )
         snap = state.StackState(
@@ -264,9 +371,21 @@ class StateWriter:
             ui_url=topology.public_url(self.loaded.stack), services=services,
         )
         text = snap.to_json()
-        if text != self.last:
+        if text == self.last:
+            return
+        try:
             state.write(self.loaded.state_dir, snap)
-            self.last = text
+        except OSError as exc:
+            if exc.errno != self.failing:
+                self.failing = exc.errno
+                console.warn(f"cannot write {self.loaded.state_dir / 'state.json'} "
+                             f"({errno.errorcode.get(exc.errno or 0, 'error')}: "
+                             f"{exc.strerror}); the stack keeps running, retrying")
+            return
+        if self.failing is not None:
+            self.failing = None
+            console.event("state.json is written again")
+        self.last = text
 
 
 def _create_time(pid: int | None) -> float | None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import stat
 from pathlib import Path
 
 from prefectstack import tools
@@ -25,18 +24,6 @@ def ensure_os_user(name: str) -> pwd.struct_passwd:
         return pwd.getpwnam(name)
 
 
-def ensure_traversable(path: Path) -> list[Path]:
-    """PostgreSQL running as another user must reach its binaries and data directory:
-    add search (x) permission for others on each ancestor that lacks it (never read)."""
-    changed = []
-    for parent in [path, *path.parents]:
-        mode = parent.stat().st_mode
-        if not mode & stat.S_IXOTH:
-            parent.chmod(mode | stat.S_IXOTH)
-            changed.append(parent)
-    return changed
-
-
 def prepare(
     pgdata: Path, bin_dir: Path, os_user: str | None, superuser_password: str
 ) -> None:
@@ -47,8 +34,6 @@ def prepare(
         assert os_user
         entry = ensure_os_user(os_user)
         user = entry.pw_name
-        ensure_traversable(bin_dir)
-        ensure_traversable(pgdata.parent)
     if (pgdata / "PG_VERSION").exists():
         _check_version(pgdata, bin_dir)
         if user:

@@ -29,6 +29,8 @@ class ServiceState:
     last_exit: int | None = None
     ports: list[int] = field(default_factory=list)
     probe: str = ""
+    stop_signal: str = "SIGTERM"  # how a cleanup after a dead supervisor stops it cleanly
+    essential: bool = True  # the stack fails with it (else only the unit is failed)
 
 
 @dataclass

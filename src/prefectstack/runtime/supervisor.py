@@ -1,5 +1,10 @@
 """The supervisor's state machine: start in dependency order, wait for readiness, restart
-with backoff, give up on a crash loop, stop in reverse order.
+with backoff, restart a daemon whose probe keeps failing (liveness), give up on a crash
+loop, stop in reverse order.
+
+A unit that is given up on is `failed` and stays so. Only an `essential` one (what the
+rest of the stack needs) fails the stack; the units that depend on a failed one are
+`blocked` (never started), and everything else keeps running, as systemd or Kubernetes do.
 
 It never touches real processes or time itself: a `Launcher`, a `Prober` and a clock are
 injected, so the machine is unit-tested with fakes and driven for real by `runtime.local`.
@@ -16,7 +21,8 @@ from prefectstack.errors import StackError
 from prefectstack.topology import Service
 
 UnitState = Literal[
-    "pending", "starting", "ready", "completed", "backoff", "failed", "stopping", "stopped"
+    "pending", "starting", "ready", "completed", "backoff", "failed", "blocked", "stopping",
+    "stopped",
 ]
 Phase = Literal["starting", "ready", "stopping", "stopped", "failed"]
 
@@ -53,6 +59,8 @@ class Unit:
     healthy: bool | None = None
     last_health_at: float = 0.0
     stop_sent_at: float | None = None
+    unhealthy_since: float | None = None  # when the probe of a ready daemon began failing
+    kill_reason: str | None = None  # killed on purpose (liveness, timeout): why, once reaped
 
     @property
     def satisfied(self) -> bool:
@@ -79,6 +87,9 @@ class Supervisor:
         self.phase: Phase = "starting"
         self.message = ""
         self.events: list[str] = []  # human-readable log of transitions, drained by the caller
+        # Called right after each process starts, before anything can wait: the caller
+        # records its pid, so a supervisor that dies next leaves nothing it cannot find.
+        self.on_spawn: Callable[[Unit], None] | None = None
 
     # -- driving -------------------------------------------------------------------------
 
@@ -98,7 +109,7 @@ class Supervisor:
             if self.phase not in ("starting", "ready"):
                 return self._tick_stop()
         if self.phase == "starting" and all(
-            u.satisfied or (u.state == "failed" and not u.svc.essential)
+            u.satisfied or (u.state in ("failed", "blocked") and not u.svc.essential)
             for u in self.units.values()
         ):
             self.phase = "ready"
@@ -129,6 +140,10 @@ class Supervisor:
             return
         unit.proc = None
         unit.last_exit = code
+        if unit.kill_reason is not None:  # we killed it: the reason is the failure
+            why, unit.kill_reason = unit.kill_reason, None
+            self._failed(unit, now, why)
+            return
         if unit.svc.kind == "oneshot" and code == 0:
             unit.state = "completed"
             self._event(f"{unit.svc.name} completed")
@@ -160,11 +175,13 @@ class Supervisor:
         unit.state = "backoff"
         unit.next_start_at = now + delay
         unit.healthy = False
-        self._event(f"{unit.svc.name} restarting in {delay:.1f}s")
+        self._event(f"{unit.svc.name} {why}; restarting in {delay:.1f}s")
 
     def _advance(self, unit: Unit, now: float) -> None:
         svc = unit.svc
-        if unit.state == "pending" and self._deps_ready(svc):
+        if unit.state in ("pending", "backoff") and self._blocked_by(svc):
+            self._block(unit, self._blocked_by(svc))
+        elif unit.state == "pending" and self._deps_ready(svc):
             self._start(unit, now)
         elif unit.state == "backoff" and now >= unit.next_start_at:
             unit.restarts += 1
@@ -176,18 +193,49 @@ class Supervisor:
                 unit.last_health_at = now
                 self._event(f"{svc.name} ready")
             elif unit.started_at is not None and now - unit.started_at > svc.ready_timeout_seconds:
-                self._kill(unit)
-                self._failed(unit, now, f"not ready after {svc.ready_timeout_seconds:.0f}s")
+                self._kill(unit, now, f"not ready after {svc.ready_timeout_seconds:.0f}s")
         elif unit.state == "starting" and svc.kind == "oneshot":
             if unit.started_at is not None and now - unit.started_at > svc.ready_timeout_seconds:
-                self._kill(unit)
-                self._failed(unit, now, f"did not finish in {svc.ready_timeout_seconds:.0f}s")
+                self._kill(unit, now, f"did not finish in {svc.ready_timeout_seconds:.0f}s")
         elif unit.state == "ready" and now - unit.last_health_at >= HEALTH_INTERVAL_SECONDS:
-            unit.healthy = self._probe(unit, now)
-            unit.last_health_at = now
+            self._check_liveness(unit, now)
+        elif (unit.state == "stopping" and unit.proc is not None and unit.stop_sent_at is not None
+              and now - unit.stop_sent_at > self.stop_grace_seconds):
+            self._event(f"{svc.name} still runs after SIGKILL; sending it again")
+            unit.stop_sent_at = now
+            unit.proc.send(signal.SIGKILL)
+
+    def _check_liveness(self, unit: Unit, now: float) -> None:
+        """Re-probe a ready daemon; one whose probe has failed for `liveness_seconds` (hung,
+        stopped, deadlocked: alive but useless) is killed and restarted like a crash."""
+        unit.healthy = self._probe(unit, now)
+        unit.last_health_at = now
+        if unit.healthy:
+            unit.unhealthy_since = None
+            return
+        if unit.unhealthy_since is None:
+            unit.unhealthy_since = now
+        limit = unit.svc.restart.liveness_seconds
+        if limit and now - unit.unhealthy_since >= limit:
+            self._event(f"{unit.svc.name} failed its probe for {limit:.0f}s; restarting it")
+            self._kill(unit, now, f"unhealthy for {limit:.0f}s")
 
     def _deps_ready(self, svc: Service) -> bool:
         return all(self.units[d].satisfied for d in svc.depends_on)
+
+    def _blocked_by(self, svc: Service) -> list[str]:
+        """Its dependencies that failed or are blocked themselves (the order is topological,
+        so blocking spreads down the graph within one tick)."""
+        return [d for d in svc.depends_on if self.units[d].state in ("failed", "blocked")]
+
+    def _block(self, unit: Unit, by: list[str]) -> None:
+        unit.state = "blocked"
+        unit.healthy = None
+        why = f"{unit.svc.name} blocked: {', '.join(by)} failed"
+        if unit.svc.essential:
+            self.phase = "failed"
+            self.message = why
+        self._event(why)
 
     def _start(self, unit: Unit, now: float) -> None:
         try:
@@ -202,17 +250,28 @@ class Supervisor:
         unit.state = "starting"
         unit.started_at = now
         unit.healthy = None
+        unit.unhealthy_since = None
+        unit.stop_sent_at = None
+        unit.kill_reason = None
         self._event(f"{unit.svc.name} started (pid {unit.proc.pid})")
+        if self.on_spawn is not None:
+            self.on_spawn(unit)
 
     def _probe(self, unit: Unit, now: float) -> bool:
         if unit.svc.probe.kind == "alive":
             return unit.started_at is not None and now - unit.started_at >= ALIVE_READY_SECONDS
         return self.prober.check(unit.svc)
 
-    def _kill(self, unit: Unit) -> None:
-        if unit.proc is not None:
-            unit.proc.send(signal.SIGKILL)
-            unit.proc = None
+    def _kill(self, unit: Unit, now: float, why: str) -> None:
+        """SIGKILL it (a hung process would not act on a gentler signal) and count the
+        failure once it has exited: its replacement never races it for its port."""
+        assert unit.proc is not None
+        unit.proc.send(signal.SIGKILL)
+        unit.state = "stopping"
+        unit.healthy = False
+        unit.stop_sent_at = now
+        unit.kill_reason = why
+        self._reap(unit, now)
 
     # -- stop side -----------------------------------------------------------------------
 
@@ -224,7 +283,7 @@ class Supervisor:
                 unit.proc = None
                 unit.state = "stopped" if unit.state != "failed" else "failed"
                 self._event(f"{unit.svc.name} stopped")
-            elif unit.proc is None and unit.state not in ("failed", "completed"):
+            elif unit.proc is None and unit.state not in ("failed", "completed", "blocked"):
                 unit.state = "stopped"
         for name in reversed(self.order):
             unit = self.units[name]

@@ -58,7 +58,8 @@ def auth(stack: Stack) -> list[Service]:
             ports=(stack.auth.port,),
             volumes=("auth",),
             probe=Probe("http", port=stack.auth.port, path="/auth/login"),
-            run_as=stack.postgres.os_user,
+            # Runs as whoever runs the stack, like the API: an unprivileged account would
+            # need to reach this Python installation, which may sit in root's home.
         )
     ]
 

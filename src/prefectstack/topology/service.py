@@ -34,13 +34,15 @@ class Probe:
 @dataclass(frozen=True)
 class RestartPolicy:
     """Restart on unexpected exit with exponential backoff; give up after `max_restarts`
-    failures inside `window_seconds`."""
+    failures inside `window_seconds`. A ready daemon whose probe fails for
+    `liveness_seconds` (0: never) is killed and restarted, like a Kubernetes liveness probe."""
 
     enabled: bool = True
     backoff_seconds: float = 1.0
     max_backoff_seconds: float = 30.0
     max_restarts: int = 5
     window_seconds: float = 120.0
+    liveness_seconds: float = 30.0
 
 
 @dataclass(frozen=True)

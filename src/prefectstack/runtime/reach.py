@@ -1,0 +1,129 @@
+"""What an unprivileged account can reach, and how the stack gives it what it can't, without
+changing any permission outside the state dir.
+
+Run as root, the supervisor starts PostgreSQL (which refuses root) and the edge as an
+unprivileged account. That account must be able to search every directory on the way to
+their programs and data. When a directory outside the state dir blocks it (root's 0700 home
+with a pyenv or virtualenv inside, say), the program is linked (or copied) into the state
+dir instead; nothing outside the state dir changes mode or owner.
+"""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import pwd
+import shutil
+import stat
+from pathlib import Path
+
+from prefectstack.errors import StackError
+
+_MARKER = ".source.json"
+
+
+def _ids(user: str) -> tuple[int, set[int]]:
+    entry = pwd.getpwnam(user)
+    groups = {entry.pw_gid} | {g.gr_gid for g in grp.getgrall() if user in g.gr_mem}
+    return entry.pw_uid, groups
+
+
+def _allows(st: os.stat_result, uid: int, gids: set[int], bits: tuple[int, int, int]) -> bool:
+    owner, group, other = bits
+    if st.st_uid == uid:
+        return bool(st.st_mode & owner)
+    if st.st_gid in gids:
+        return bool(st.st_mode & group)
+    return bool(st.st_mode & other)
+
+
+_SEARCH = (stat.S_IXUSR, stat.S_IXGRP, stat.S_IXOTH)
+_READ = (stat.S_IRUSR, stat.S_IRGRP, stat.S_IROTH)
+
+
+def blocking_dir(path: Path, user: str) -> Path | None:
+    """The first directory on the way to `path` (its ancestors, from the root down) that
+    `user` may not search, else None. `path` itself is not checked."""
+    uid, gids = _ids(user)
+    if uid == 0:
+        return None
+    for directory in reversed(Path(os.path.abspath(path)).parents):
+        if not _allows(directory.stat(), uid, gids, _SEARCH):
+            return directory
+    return None
+
+
+def can_execute(path: Path, user: str) -> bool:
+    uid, gids = _ids(user)
+    return blocking_dir(path, user) is None and _allows(path.stat(), uid, gids, _SEARCH)
+
+
+def can_read_tree(path: Path, user: str) -> bool:
+    """`user` can reach `path` and read (and search) the directory itself."""
+    uid, gids = _ids(user)
+    st = path.stat()
+    return (blocking_dir(path, user) is None and _allows(st, uid, gids, _READ)
+            and _allows(st, uid, gids, _SEARCH))
+
+
+def _fingerprint(source: Path) -> dict[str, object]:
+    st = source.stat()
+    return {"source": str(source), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def linked_copy(source: Path, dest: Path, *, key: Path | None = None) -> Path:
+    """`source` (a file or a directory tree) at `dest`: hard links where the filesystem
+    allows, copies elsewhere, kept while `key` (default: `source`) is unchanged. Built
+    beside `dest` and renamed into place, so a half-made copy is never used."""
+    wanted = _fingerprint(key or source)
+    marker = dest.parent / f".{dest.name}{_MARKER}"
+    if dest.exists() and marker.exists():
+        try:
+            if json.loads(marker.read_text()) == wanted:
+                return dest
+        except (OSError, ValueError):
+            pass
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    _remove(tmp)
+    try:
+        if source.is_dir():
+            shutil.copytree(source, tmp, symlinks=True, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(str(source), str(tmp))
+    except OSError as exc:
+        _remove(tmp)
+        raise StackError(f"could not copy {source} into {dest.parent}: {exc.strerror}",
+                         hint="free some space in the state dir") from None
+    _remove(dest)
+    os.replace(tmp, dest)
+    marker.write_text(json.dumps(wanted))
+    return dest
+
+
+def _link_or_copy(src: str, dst: str) -> str:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+    return dst
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def refresh_copy(source: Path, dest: Path) -> Path:
+    """A plain copy of a small tree, refreshed on every call (files people edit)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    _remove(tmp)
+    shutil.copytree(source, tmp, symlinks=False,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".git"))
+    _remove(dest)
+    os.replace(tmp, dest)
+    return dest
