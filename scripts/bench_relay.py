@@ -6,7 +6,7 @@ then, in the same run and on loopback, streams events over ONE websocket the way
 `PrefectEventsClient` does (subprotocol `prefect`, first message `{"type": "auth", ...}`, one
 text frame per `Event` JSON, a ping every --checkpoint-every events, permessage-deflate as
 the `websockets` client negotiates by default) to four targets:
-  - direct        ws://127.0.0.1:<api port>     the API process (token null: no auth string)
+  - direct        ws://127.0.0.1:<api port>     the API process (its server auth string)
   - direct-plain  the same without permessage-deflate. The relay accepts the client's deflate
                   but talks to the API uncompressed, so through the relay the API no longer
                   inflates frames: this row separates that saving from the relay's own cost
@@ -277,23 +277,26 @@ async def open_latency(target: Target, count: int) -> list[float]:
     return times
 
 
-def persisted(api: str, rid: str) -> int:
+def persisted(api: str, rid: str, auth: str) -> int:
     body = json.dumps({"filter": {"resource": {"id": [rid]}, "event": {"name": ["bench.ping"]},
                                   "occurred": time_window()}, "limit": 1}).encode()
     request = urllib.request.Request(f"{api}/api/events/filter", data=body, method="POST",
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json",
+                                              "Authorization": "Basic " + base64.b64encode(
+                                                  auth.encode()).decode()})
     with urllib.request.urlopen(request, timeout=30) as response:
         return int(json.load(response)["total"])
 
 
-def wait_persisted(api: str, expected: dict[str, int]) -> tuple[dict[str, int], float]:
+def wait_persisted(api: str, expected: dict[str, int],
+                   auth: str) -> tuple[dict[str, int], float]:
     """Counts per resource id once all are persisted, the persister stalls for PERSIST_STALL
     seconds, or PERSIST_TIMEOUT passes; and the seconds waited."""
     start = time.monotonic()
     counts = dict.fromkeys(expected, 0)
     progress_at = start
     while time.monotonic() - start < PERSIST_TIMEOUT:
-        now_counts = {rid: persisted(api, rid) for rid in expected}
+        now_counts = {rid: persisted(api, rid, auth) for rid in expected}
         if now_counts != counts:
             counts, progress_at = now_counts, time.monotonic()
         if counts == expected or time.monotonic() - progress_at > PERSIST_STALL:
@@ -366,10 +369,13 @@ def main() -> None:
                     pids[svc["name"]] = int(svc["pid"])
         tls = ssl.create_default_context(cafile=str(state / "ca.crt"))
         token = f"bench:{key}"
+        # The API processes' own server auth string: what the direct path needs (and the
+        # relay sends upstream on the client's behalf).
+        server = "prefectstack:" + json.loads((state / "secrets.json").read_text())["api_password"]
         basic = ("Authorization", "Basic " + base64.b64encode(token.encode()).decode())
         targets = {
-            "direct": Target("direct", f"ws://127.0.0.1:{ports['api']}", None),
-            "direct-plain": Target("direct-plain", f"ws://127.0.0.1:{ports['api']}", None,
+            "direct": Target("direct", f"ws://127.0.0.1:{ports['api']}", server),
+            "direct-plain": Target("direct-plain", f"ws://127.0.0.1:{ports['api']}", server,
                                    compression=None),
             "relay": Target("relay", f"ws://127.0.0.1:{ports['auth']}", token),
             "edge": Target("edge", f"wss://localhost:{ports['https']}", token, tls),
@@ -379,7 +385,7 @@ def main() -> None:
                                        (basic,))
         run_id = f"r{int(time.time())}"
         result = asyncio.run(measure(targets, opens, args, Cpu(pids), run_id))
-        counts, persist_wait = wait_persisted(api, result["expected"])
+        counts, persist_wait = wait_persisted(api, result["expected"], server)
         auth_log = state / "logs" / "auth.log"
         log_tail = auth_log.read_text(errors="replace") if auth_log.exists() else ""
     finally:

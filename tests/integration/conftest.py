@@ -88,6 +88,18 @@ def status(cwd: Path) -> dict[str, Any]:
     return data
 
 
+def api_password(root: Path, state_dir: str = "state") -> str:
+    """The API processes' own password (Prefect's server auth): what a test that plays the
+    stack itself, straight to an API process's loopback port, needs. Nobody else has it."""
+    values: dict[str, str] = json.loads((root / state_dir / "secrets.json").read_text())
+    return values["api_password"]
+
+
+def direct_api(root: Path, port: int, state_dir: str = "state") -> str:
+    """An API process's URL with its server credentials (httpx sends them as Basic auth)."""
+    return f"http://prefectstack:{api_password(root, state_dir)}@127.0.0.1:{port}/api"
+
+
 def service(data: dict[str, Any], name: str) -> dict[str, Any]:
     return next(s for s in data["services"] if s["name"] == name)
 
@@ -114,15 +126,23 @@ def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.5) -
 @pytest.fixture(scope="session", autouse=True)
 def searchable_basetemp(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Run as root, the stack's unprivileged account (PostgreSQL, the edge) must reach state
-    dirs under pytest's temp dir, which pytest makes 0700 inside a 0700 directory. The test
-    run, not prefectstack, opens its own two dirs for search (never read); prefectstack
-    itself refuses a state dir it can't reach and changes nothing outside it."""
+    dirs under pytest's temp dirs, which pytest makes 0700. The test run, not prefectstack,
+    opens its own dirs for search by others (never read); prefectstack itself refuses a
+    state dir that account can't reach, and changes nothing outside it."""
     if os.geteuid() != 0:
         return
     base = tmp_path_factory.getbasetemp()
     for directory in (base.parent, base):
         if directory.stat().st_uid == os.geteuid():
             directory.chmod(directory.stat().st_mode | 0o001)
+    make = tmp_path_factory.mktemp
+
+    def mktemp(basename: str, numbered: bool = True) -> Path:
+        path = make(basename, numbered)
+        path.chmod(path.stat().st_mode | 0o001)
+        return path
+
+    tmp_path_factory.mktemp = mktemp  # type: ignore[method-assign]
 
 
 @pytest.fixture(scope="module")

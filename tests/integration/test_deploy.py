@@ -24,7 +24,7 @@ import yaml
 
 from prefectstack.stack.model import Stack
 
-from .conftest import cli, free_port, stack_yaml, wait_for
+from .conftest import api_password, cli, direct_api, free_port, stack_yaml, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -97,7 +97,7 @@ def config_of(root: Path) -> dict[str, Any]:
 
 
 def api(root: Path) -> str:
-    return f"http://127.0.0.1:{json.loads((root / 'ports.json').read_text())['api']}/api"
+    return direct_api(root, json.loads((root / "ports.json").read_text())["api"])
 
 
 def get(root: Path, path: str) -> Any:
@@ -353,7 +353,8 @@ def test_a_joined_worker_picks_up_a_run_from_its_pool(
     env["HOME"] = str(machine)
     proc = subprocess.Popen(
         [sys.executable, "-m", "prefectstack", "worker", "join",
-         "--server", api(stack).removesuffix("/api"), "--key", "not-checked-without-edge",
+         "--server", f"http://127.0.0.1:{json.loads((stack / 'ports.json').read_text())['api']}",
+         "--key", f"prefectstack:{api_password(stack)}",
          "--pool", "joined", "--name", "itest-joined", "--health-port", str(health)],
         cwd=machine, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
@@ -373,7 +374,7 @@ def test_a_joined_worker_picks_up_a_run_from_its_pool(
             proc.kill()
             proc.communicate(timeout=30)
     assert "worker itest-joined joining pool joined" in out
-    assert "not-checked-without-edge" not in out
+    assert api_password(stack) not in out
 
 
 def _healthy(port: int) -> bool:

@@ -21,7 +21,7 @@ from prefectstack.auth.policy import decide
 from prefectstack.auth.roles import Role
 from prefectstack.auth.store import Store
 
-from .conftest import cli, free_port, stack_yaml, wait_for
+from .conftest import cli, direct_api, free_port, stack_yaml, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -77,7 +77,7 @@ def concrete(path: str) -> str:
 
 
 def openapi_routes(edge: Edge) -> list[tuple[str, str]]:
-    doc = httpx.get(f"http://127.0.0.1:{edge.ports['api']}/api/openapi.json", timeout=30).json()
+    doc = httpx.get(f"{direct_api(edge.root, edge.ports['api'])}/openapi.json", timeout=30).json()
     return sorted(
         (method.upper(), "/api" + path if not path.startswith("/api") else path)
         for path, item in doc["paths"].items()
@@ -150,6 +150,21 @@ def test_only_probes_answer_without_credentials(edge: Edge) -> None:
         ui = client.get("/deployments", headers={"Accept": "text/html"})
     assert wrong == []
     assert ui.status_code == 302 and ui.headers["location"].startswith("/auth/login")
+
+
+def test_the_ui_is_not_asked_for_the_apis_own_password(edge: Edge) -> None:
+    """The API processes demand Prefect's server auth string, which makes their UI settings
+    say `auth: BASIC` (the UI would then ask for that password). Through the edge, signed
+    in, the UI gets the settings without it, and the API itself still answers only with
+    the string (which the edge adds to requests it let through)."""
+    with edge.client(edge.key("viewer")) as client:
+        settings = client.get("/ui-settings")
+        flows = client.post("/api/flows/filter", json={})
+    assert settings.status_code == 200 and settings.json()["auth"] is None
+    assert settings.json()["api_url"] == f"{edge.base}/api"
+    assert flows.status_code == 200
+    direct = httpx.get(f"http://127.0.0.1:{edge.ports['api']}/ui-settings", timeout=10).json()
+    assert direct["auth"] == "BASIC"
 
 
 @pytest.mark.parametrize("role", ["viewer", "admin"])

@@ -23,7 +23,7 @@ import pytest
 import prefectstack.flows
 from prefectstack.flows.windows import WINDOWS_QUEUE
 
-from .conftest import cli, free_port, stack_yaml, status, wait_for
+from .conftest import api_password, cli, direct_api, free_port, stack_yaml, status, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -150,10 +150,16 @@ async def register(pool: str) -> None:
         )
 
 
-def register_deployments(api: str, home: Path) -> None:
-    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+def register_deployments(api: str, home: Path, auth_string: str) -> None:
+    from prefect.settings import (
+        PREFECT_API_AUTH_STRING,
+        PREFECT_API_URL,
+        PREFECT_HOME,
+        temporary_settings,
+    )
 
-    with temporary_settings(updates={PREFECT_API_URL: api, PREFECT_HOME: str(home)}):
+    with temporary_settings(updates={PREFECT_API_URL: api, PREFECT_HOME: str(home),
+                                     PREFECT_API_AUTH_STRING: auth_string}):
         asyncio.run(register(POOL))
 
 
@@ -226,8 +232,9 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     try:
         cli("up", "--detach", cwd=root)
         assert status(root)["phase"] == "ready"
-        api = f"http://127.0.0.1:{ports['api']}/api"
-        register_deployments(api, root / "client-home")
+        api = direct_api(root, ports["api"])
+        register_deployments(f"http://127.0.0.1:{ports['api']}/api", root / "client-home",
+                             f"prefectstack:{api_password(root)}")
         platform = Platform(root=root, api=api, data=root / "data")
         prepare_data(platform.data)
         submit_independent_runs(platform)

@@ -27,14 +27,14 @@ import pytest
 
 import prefectstack
 
-from .conftest import cli, service, status, wait_for
+from .conftest import cli, direct_api, service, status, wait_for
 
 pytestmark = pytest.mark.integration
 
 
 def api(stack_dir: Path) -> str:
     ports = json.loads((stack_dir / "ports.json").read_text())
-    return f"http://127.0.0.1:{ports['api']}/api"
+    return direct_api(stack_dir, ports["api"])
 
 
 def run_deployment(base: str, name: str, parameters: dict[str, Any]) -> str:
@@ -214,6 +214,26 @@ def test_ui_and_ready_answer(stack_dir: Path, running: dict[str, Any]) -> None:
     ui_settings = httpx.get(base.removesuffix("/api") + "/ui-settings", timeout=10).json()
     https = json.loads((stack_dir / "ports.json").read_text())["https"]
     assert ui_settings["api_url"] == f"https://localhost:{https}/api"  # the browser's URL
+
+
+def test_a_local_user_cannot_bypass_the_edge_through_the_api_port(
+    stack_dir: Path, running: dict[str, Any]
+) -> None:
+    """Any local account can connect to 127.0.0.1: an API process answers its probes to
+    anyone, and nothing else without the server's own credentials (which only the edge's
+    auth service and the stack's processes hold)."""
+    port = json.loads((stack_dir / "ports.json").read_text())["api"]
+    bare = f"http://127.0.0.1:{port}/api"
+    assert httpx.get(f"{bare}/health", timeout=10).status_code == 200
+    for method, path, body in (("POST", "/variables/", {"name": "x", "value": "1"}),
+                               ("POST", "/flows/filter", {}), ("GET", "/admin/settings", None),
+                               ("POST", "/deployments/filter", {})):
+        refused = httpx.request(method, bare + path, json=body, timeout=10)
+        assert refused.status_code == 401, (method, path, refused.text)
+        wrong = httpx.request(method, bare + path, json=body, timeout=10,
+                              auth=("prefectstack", "guess"))
+        assert wrong.status_code == 401, (method, path)
+    assert httpx.post(f"{api(stack_dir)}/flows/filter", json={}, timeout=10).status_code == 200
 
 
 def test_example_deployments_registered_with_schedule(

@@ -6,6 +6,7 @@ import base64
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from argon2 import PasswordHasher
@@ -352,3 +353,31 @@ def test_oversized_sign_in_form_is_refused(edge: Edge) -> None:
         "/auth/login", content=b"username=" + b"a" * 10_000, headers={"Origin": ORIGIN}
     )
     assert response.status_code == 413
+
+
+def test_only_a_request_let_through_carries_the_apis_own_credentials(tmp_path: Path) -> None:
+    """The edge copies this header into the request as Authorization: the API (Prefect's
+    server auth) answers nothing else, so it must come with allowed requests only."""
+    from prefectstack.auth.app import UPSTREAM_AUTH_HEADER
+    from prefectstack.topology.caddyfile import UPSTREAM_AUTH_HEADER as EDGE_COPIES
+
+    assert UPSTREAM_AUTH_HEADER == EDGE_COPIES
+    store = Store(tmp_path / "auth", hasher=PasswordHasher(time_cost=1, memory_cost=1024))
+    store.add_user("vera", Role.VIEWER, PASSWORD)
+    config = AuthConfig(api_auth_string="prefectstack:s3cret")
+    client = TestClient(create_app(store, AuditLog(tmp_path / "audit.log"), Throttle(), config),
+                        base_url="https://prefect.example", follow_redirects=False)
+    expected = "Basic " + base64.b64encode(b"prefectstack:s3cret").decode()
+
+    def verify(method: str, uri: str, headers: dict[str, str]) -> Any:
+        return client.get("/auth/verify", headers={
+            "X-Forwarded-Method": method, "X-Forwarded-Uri": uri, **headers})
+
+    allowed = verify("POST", "/api/flows/filter", basic("vera", PASSWORD))
+    assert allowed.status_code == 200 and allowed.headers[UPSTREAM_AUTH_HEADER] == expected
+    for refused in (verify("POST", "/api/flows/filter", {}),  # no credentials
+                    verify("POST", "/api/variables/", basic("vera", PASSWORD)),  # role
+                    verify("POST", "/api/flows/filter", basic("vera", "wrong"))):
+        assert refused.status_code in (401, 403)
+        assert UPSTREAM_AUTH_HEADER not in refused.headers
+    assert "s3cret" not in (tmp_path / "audit.log").read_text()

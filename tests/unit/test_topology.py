@@ -192,7 +192,24 @@ def test_no_literal_secrets_only_placeholders(data: dict[str, Any]) -> None:
     }
     assert topology.secret_names(services) - {
         "postgres_password", "postgres_superuser_password", "redis_password",
-    } <= {"admin_password", "worker_api_key", "deployer_api_key"}
+    } <= {"admin_password", "worker_api_key", "deployer_api_key", "api_password"}
+
+
+@stacks
+def test_the_api_answers_only_with_its_server_auth_string(data: dict[str, Any]) -> None:
+    """Prefect's server auth on every server process: a local user can't bypass the edge by
+    calling an API process's loopback port. The stack's clients carry the string where they
+    talk to the API directly (no edge); through the edge they use their own keys."""
+    services = build(**data)
+    expected = "prefectstack:${secret.api_password}"
+    for p in servers(services):
+        assert p.env["PREFECT_SERVER_API_AUTH_STRING"] == expected, p.name
+    if "auth" in services:
+        assert services["auth"].env["PREFECTSTACK_API_AUTH_STRING"] == expected
+    no_edge = build(**data, edge={"enabled": False})
+    for name in ("pools", "examples"):
+        if name in no_edge:
+            assert no_edge[name].env["PREFECT_API_AUTH_STRING"] == expected
 
 
 def test_topology_does_not_read_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -281,7 +298,7 @@ def test_workers() -> None:
     assert direct.depends_on == ("api-1", "pools")
     assert direct.env["PREFECT_API_URL"] == "http://127.0.0.1:14200/api"
     assert "PREFECT_API_KEY" not in direct.env
-    assert "PREFECT_API_AUTH_STRING" not in direct.env
+    assert direct.env["PREFECT_API_AUTH_STRING"] == "prefectstack:<api_password>"
     assert services["examples"].env["PREFECTSTACK_EXAMPLES_POOL"] == "p1"
 
 

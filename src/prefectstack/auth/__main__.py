@@ -48,6 +48,7 @@ def main() -> None:
         cookie_secure=not public or public.startswith("https://"),
         session_seconds=float(os.environ.get("PREFECTSTACK_SESSION_HOURS", "12")) * 3600,
         public_origin=public,
+        api_auth_string=os.environ.get("PREFECTSTACK_API_AUTH_STRING") or None,
     )
     upstreams = os.environ.get("PREFECTSTACK_API_UPSTREAMS", "").split()
     app = create_app(store, AuditLog(directory / AUDIT_FILE), Throttle(), config,

@@ -7,6 +7,7 @@ sign-in page for a browser navigation), 403 or 429 is sent back to the client by
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,11 @@ from prefectstack.auth.throttle import Throttle
 
 USER_HEADER = "X-Prefectstack-User"
 ROLE_HEADER = "X-Prefectstack-Role"
+# Copied by the edge into the request as Authorization: the API's own credentials (Prefect's
+# server auth string), given only with a request this service let through. The edge's
+# Caddyfile names the same header (topology/caddyfile.py; a test keeps the two equal).
+UPSTREAM_AUTH_HEADER = "X-Prefectstack-Upstream-Authorization"
+UI_SETTINGS_PATH = "/ui-settings"
 LOGIN_PATH = "/auth/login"
 MAX_FORM_BYTES = 8192
 
@@ -41,6 +47,14 @@ class AuthConfig:
     public_origin: str | None = None
     # The service listens on loopback behind Caddy, which sets X-Forwarded-For itself.
     trust_forwarded: bool = True
+    # Prefect's server auth string (`user:password`): None when the API has none.
+    api_auth_string: str | None = None
+
+    @property
+    def api_authorization(self) -> str | None:
+        if not self.api_auth_string:
+            return None
+        return "Basic " + base64.b64encode(self.api_auth_string.encode()).decode()
 
     @property
     def cookie_name(self) -> str:
@@ -152,10 +166,10 @@ class AuthService:
             self._record(
                 request, method=method, path=path, status=200, identity=identity, reason=reason
             )
-        return Response(
-            status_code=200,
-            headers={USER_HEADER: identity.name, ROLE_HEADER: identity.role.value},
-        )
+        allowed = {USER_HEADER: identity.name, ROLE_HEADER: identity.role.value}
+        if self.config.api_authorization:
+            allowed[UPSTREAM_AUTH_HEADER] = self.config.api_authorization
+        return Response(status_code=200, headers=allowed)
 
     def _unauthenticated(
         self, request: Request, method: str, path: str, uri: str, outcome: creds.Outcome
@@ -290,6 +304,30 @@ class AuthService:
         return response
 
 
+class UiSettings:
+    """The Prefect UI's settings as the API serves them, minus `auth: BASIC`: that is how
+    Prefect tells its UI to ask for the server's password, which only the edge holds (people
+    sign in to the edge). Reached only through the edge, after its checks."""
+
+    def __init__(self, upstreams: Upstreams) -> None:
+        self.upstreams = upstreams
+
+    async def handle(self, request: Request) -> Response:
+        import httpx
+
+        for address in self.upstreams.in_turn():
+            try:
+                async with httpx.AsyncClient(timeout=10) as client:
+                    answer = await client.get(f"http://{address}{UI_SETTINGS_PATH}")
+                settings = answer.json()
+            except (httpx.HTTPError, ValueError):
+                continue
+            if answer.status_code == 200 and isinstance(settings, dict):
+                settings["auth"] = None
+                return JSONResponse(settings, headers={"Cache-Control": "no-store"})
+        return JSONResponse({"detail": "no API process answered"}, 502)
+
+
 def create_app(
     store: Store,
     audit: AuditLog,
@@ -310,7 +348,10 @@ def create_app(
         Route("/auth/logout", service.logout, methods=["POST"]),
     ]
     if api_upstreams:
-        relay = Relay(service, Upstreams(api_upstreams),
-                      *(() if recheck_seconds is None else (recheck_seconds,)))
+        upstreams = Upstreams(api_upstreams)
+        relay = Relay(service, upstreams,
+                      *(() if recheck_seconds is None else (recheck_seconds,)),
+                      api_token=service.config.api_auth_string)
         routes.append(WebSocketRoute("/api/{path:path}", relay.handle))
+        routes.append(Route(UI_SETTINGS_PATH, UiSettings(upstreams).handle, methods=["GET"]))
     return Starlette(routes=routes)

@@ -130,10 +130,13 @@ class Relay:
     """The ASGI websocket endpoint for every /api/ path (see the module docstring)."""
 
     def __init__(self, service: AuthService, upstreams: Upstreams,
-                 recheck_seconds: float = RECHECK_SECONDS) -> None:
+                 recheck_seconds: float = RECHECK_SECONDS, *,
+                 api_token: str | None = None) -> None:
         self.service = service
         self.upstreams = upstreams
         self.recheck_seconds = recheck_seconds
+        # The API's own in-band token (Prefect's server auth string), never the client's.
+        self.api_token = api_token
 
     async def handle(self, websocket: WebSocket) -> None:
         # The path as sent (still percent-encoded) goes upstream; the policy decodes it the
@@ -279,9 +282,10 @@ class Relay:
                 logger.warning("API %s refused a websocket (%s); trying the next", address, exc)
                 continue
             if prefect:
-                # The API has no auth string of its own (the edge is the gate): its handshake
-                # only needs the message, and its `auth_success` is what the client waits for.
-                await upstream.send(json.dumps({"type": "auth", "token": None}))
+                # The client proved who it is to this relay; the API gets its own server auth
+                # string (or, without one, just the message). Its `auth_success` is what the
+                # client waits for.
+                await upstream.send(json.dumps({"type": "auth", "token": self.api_token}))
             return upstream
         return TRY_AGAIN_LATER, "no API process answered"
 

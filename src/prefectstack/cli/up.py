@@ -27,6 +27,9 @@ def summary(loaded: LoadedStack, detached: bool) -> None:
     console.out("")
     console.out(f"prefectstack `{loaded.stack.name}` is ready.")
     console.out(f"  UI and API:   {topology.public_url(loaded.stack)}  (API at /api)")
+    if not loaded.stack.edge.enabled:
+        console.out("  API login:    user `prefectstack`, password `api_password` in the secrets "
+                    "file (clients: PREFECT_API_AUTH_STRING=prefectstack:<password>)")
     if loaded.stack.edge.enabled:
         _edge_summary(loaded)
     console.out(f"  stack file:   {loaded.source}")

@@ -30,7 +30,8 @@ def worker() -> None:
               help="The stack's address, e.g. https://prefect.example.com "
                    "[env PREFECTSTACK_SERVER]")
 @click.option("--key", envvar="PREFECTSTACK_API_KEY", metavar="KEY",
-              help="API key (`prefectstack keys create --role worker`) "
+              help="API key (`prefectstack keys create --role worker`), or for a stack without "
+                   "an edge its API's `user:password` "
                    "[env PREFECTSTACK_API_KEY, preferred: keeps it out of the process list]")
 @click.option("--pool", required=True, help="Work pool to take flow runs from.")
 @click.option("--ca", "ca_file", envvar="PREFECTSTACK_CA_FILE",
@@ -50,7 +51,10 @@ def join(server: str, key: str | None, pool: str, ca_file: str | None, name: str
 
     from prefectstack import prefect_api, tools
 
-    target = prefect_api.Target(_api_url(server), api_key=key or None, ca_file=ca_file)
+    # A key is sent as Bearer; `user:password` (a stack without an edge) as Basic.
+    auth_string = key if key and ":" in key else None
+    target = prefect_api.Target(_api_url(server), api_key=None if auth_string else key or None,
+                                auth_string=auth_string, ca_file=ca_file)
     name = name or _default_name(pool)
     prefect_home = Path(home) if home else Path.home() / ".prefectstack" / "workers" / name
     asyncio.run(_preflight(target, pool))
@@ -77,7 +81,9 @@ def worker_env(target: prefect_api.Target, home: Path, health_port: int) -> dict
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PYTHONUNBUFFERED": "1",
     }
-    if target.api_key:
+    if target.auth_string:
+        env["PREFECT_API_AUTH_STRING"] = target.auth_string
+    elif target.api_key:
         # As an auth string (`<label>:<key>`), not PREFECT_API_KEY: against a self-hosted
         # URL Prefect's websockets (events, cancellation, logs) carry only the auth string.
         env["PREFECT_API_AUTH_STRING"] = f"{_label(home)}:{target.api_key}"

@@ -49,7 +49,11 @@ def target_for(loaded: LoadedStack, server: str | None = None, key: str | None =
                       ca_file=ca_file or None)
     stack = loaded.stack
     if not stack.edge.enabled:
+        # The API process itself, with its server auth string (the stack's own secret).
         url = f"http://{topology.LOOPBACK}:{stack.api.port}/api"
+        password = secrets.load(loaded.state_dir).get(credentials.API_PASSWORD)
+        if not auth and password:
+            auth = f"{credentials.API_USER}:{password}"
         return Target(url, api_key=key or None, auth_string=auth, ca_file=ca_file or None)
     own_key = key or secrets.load(loaded.state_dir).get(credentials.DEPLOYER_API_KEY)
     if not own_key:

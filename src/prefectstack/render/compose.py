@@ -128,6 +128,7 @@ def project(stack: Stack, the_plan: Plan) -> dict[str, Any]:
             "backend": {"internal": True} if local_only else {},
         },
         "volumes": {v: {} for v in volumes},
+        **({"secrets": extra} if (extra := compose_monitoring.compose_secrets(stack)) else {}),
     }
 
 

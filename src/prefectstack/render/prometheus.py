@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefectstack.stack.model import Stack
+from prefectstack.topology.credentials import API_USER
 
 PORT = 9090
 CONFIG_DIR = "/etc/prometheus"
@@ -23,6 +24,9 @@ CONFIG_FILE = "prometheus.yml"
 RULES_FILE = "alerts.yml"
 API_JOB = "prefect-api"
 METRICS_PATH = "/api/metrics"
+# The API answers only with its server auth string (Prefect's own basic auth): Prometheus
+# reads the password from a compose secret, never from this file.
+API_PASSWORD_FILE = "/run/secrets/api_password"
 # How often the DNS lookup runs that finds API containers (scaled ones share a name).
 DNS_REFRESH = "30s"
 
@@ -46,6 +50,7 @@ def config(stack: Stack, api_hosts: list[str], api_port: int) -> dict[str, Any]:
             {
                 "job_name": API_JOB,
                 "metrics_path": METRICS_PATH,
+                "basic_auth": {"username": API_USER, "password_file": API_PASSWORD_FILE},
                 "dns_sd_configs": [{
                     "names": list(api_hosts),
                     "type": "A",

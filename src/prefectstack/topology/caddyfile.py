@@ -136,6 +136,10 @@ def _proxy(upstreams: Sequence[str], policy: str = "least_conn") -> str:
 \t\t}}"""
 
 
+# The auth service's answer that the edge copies into the request as Authorization.
+UPSTREAM_AUTH_HEADER = "X-Prefectstack-Upstream-Authorization"
+
+
 def _routes(proxy: str, auth: str, flows_dir: str, *, client_ip: bool, pinned: str) -> str:
     """The body of a site: the same for the public HTTPS site and an internal one."""
     # Behind a trusted proxy the last X-Forwarded-For hop is that proxy: tell the auth
@@ -185,13 +189,20 @@ def _routes(proxy: str, auth: str, flows_dir: str, *, client_ip: bool, pinned: s
 \thandle {{
 \t\trequest_header -X-Prefectstack-User
 \t\trequest_header -X-Prefectstack-Role
+\t\t# What the auth service lets through reaches the API with the API's own credentials
+\t\t# (Prefect's server auth), never the client's: the API answers nothing else.
 \t\tforward_auth {auth} {{
 \t\t\turi /auth/verify
-\t\t\tcopy_headers X-Prefectstack-User X-Prefectstack-Role
+\t\t\tcopy_headers X-Prefectstack-User X-Prefectstack-Role {UPSTREAM_AUTH_HEADER}>Authorization
 \t\t\t# The check itself is plain HTTP, also for a websocket handshake.
 \t\t\theader_up -Upgrade
 \t\t\theader_up -Connection
 {real_ip}\t\t}}
+\t\t# The UI's settings, without the `auth: BASIC` that Prefect's server auth adds (the
+\t\t# edge signs people in; the UI must not ask for the API's password).
+\t\thandle /ui-settings {{
+\t\t\treverse_proxy {auth}
+\t\t}}
 \t\t# Flow source files, read-only (/flows/* is the Prefect UI's own page).
 \t\thandle_path /flow-files/* {{
 \t\t\troot * {flows_dir}

@@ -9,6 +9,12 @@ REDIS_PASSWORD = "redis_password"
 ADMIN_PASSWORD = "admin_password"
 WORKER_API_KEY = "worker_api_key"
 DEPLOYER_API_KEY = "deployer_api_key"
+# The password of Prefect's own server auth (PREFECT_SERVER_API_AUTH_STRING): the API
+# processes answer nothing but their probes without it, so a local user can't bypass the
+# edge through their loopback ports. Only the edge's auth service (after its own checks),
+# the stack's processes and, without an edge, the stack's clients hold it.
+API_PASSWORD = "api_password"
+API_USER = "prefectstack"
 
 # The auth store's name for each of the stack's own keys (also the label in the auth string)
 # and the role it has.

@@ -21,6 +21,7 @@ from prefectstack.topology.settings import (
     EDGE_SERVICE,
     EDGE_STORAGE,
     FIRST_API,
+    api_auth_string,
     api_names,
     public_url,
     service_key_label,
@@ -54,6 +55,9 @@ def auth(stack: Stack) -> list[Service]:
                 "PREFECTSTACK_SERVICE_KEYS": json.dumps(keys),
                 # The websocket relay's upstreams: the API processes, tried in turn.
                 "PREFECTSTACK_API_UPSTREAMS": " ".join(address(n) for n in api_names(stack)),
+                # What a request the auth service let through carries on to the API (the
+                # edge copies it in as Authorization), and the relay's in-band token.
+                "PREFECTSTACK_API_AUTH_STRING": api_auth_string(),
             },
             ports=(stack.auth.port,),
             volumes=("auth",),

@@ -126,6 +126,11 @@ def redis_env(stack: Stack) -> dict[str, str]:
     }
 
 
+def api_auth_string() -> str:
+    """What Prefect's server auth compares the Basic credentials of every API call with."""
+    return f"{credentials.API_USER}:{secret(credentials.API_PASSWORD)}"
+
+
 def server_env(stack: Stack, home: str, docket: str = SERVICES_DOCKET_NAME) -> dict[str, str]:
     """Settings shared by the migration, API and services processes."""
     return {
@@ -137,6 +142,7 @@ def server_env(stack: Stack, home: str, docket: str = SERVICES_DOCKET_NAME) -> d
         "PREFECT_SERVER_DOCKET_NAME": docket,
         "PREFECT_SERVER_UI_API_URL": f"{public_url(stack)}/api",
         "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
+        "PREFECT_SERVER_API_AUTH_STRING": api_auth_string(),
         **stack.api.settings,
         **redis_env(stack),
     }
@@ -158,6 +164,8 @@ def client_env(stack: Stack, home: str, key: str) -> dict[str, str]:
     env = {
         "PREFECT_HOME": directory(home),
         "PREFECT_API_URL": f"http://{address(FIRST_API)}/api",
+        # Without an edge the API processes are the gate: the server's own auth string.
+        "PREFECT_API_AUTH_STRING": api_auth_string(),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_CLIENT_CSRF_SUPPORT_ENABLED": "false",
     }
