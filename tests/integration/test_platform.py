@@ -10,6 +10,7 @@ stack. So any one test also runs alone.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -304,7 +305,12 @@ def test_down_leaves_no_process(stack_dir: Path, running: dict[str, Any]) -> Non
     cli("down", cwd=stack_dir)
     alive = [p for p in pids + children if psutil.pid_exists(p)
              and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
-    assert alive == []
+    described = []
+    for pid in alive:
+        with contextlib.suppress(psutil.Error):
+            proc = psutil.Process(pid)
+            described.append((pid, proc.ppid(), proc.username(), proc.cmdline()[:6]))
+    assert alive == [], described
     assert status(stack_dir)["running"] is False
 
 

@@ -192,3 +192,76 @@ def test_models_are_frozen() -> None:
     dep = deployment()
     with pytest.raises(ValidationError):
         dep.name = "other"  # type: ignore[misc]
+
+
+# Strings Prefect 3.8.8 accepts and refuses, for schedules: checked against Prefect's own
+# validators below, so the stack file can never accept what the server would refuse.
+CRONS = ["0 9 * * 1-5", "*/15 * * * *", "@daily", "0 0 1 1 *", "0 0 * * * 30",
+         "61 * * * *", "not a cron", "", "* * * *", "R * * * *", "H * * * *", "0 25 * * *"]
+RRULES = ["FREQ=WEEKLY;BYDAY=MO,WE,FR", "DTSTART:20260101T090000\nRRULE:FREQ=DAILY;COUNT=3",
+          "FREQ=SOMETIMES", "FREQ=DAILY;BYDAY=XX", "every tuesday", "", "FREQ=DAILY;COUNT=x"]
+TIMEZONES = ["UTC", "Europe/Berlin", "America/New_York", "Mars/Olympus", "europe/berlin", "",
+             "CET", "EST5EDT"]
+
+
+def prefect_accepts(check: Any, value: str) -> bool:
+    try:
+        check(value)
+    except ValueError:
+        return False
+    return True
+
+
+def ours_accepts(key: str, value: str) -> bool:
+    schedule = {key: value} if key != "timezone" else {"interval": 60, "timezone": value}
+    try:
+        ScheduleConfig.model_validate(schedule)
+    except ValidationError as exc:
+        assert [e["loc"] for e in exc.errors()] == [(key,)], exc
+        return False
+    return True
+
+
+def test_schedules_are_read_as_prefect_reads_them() -> None:
+    validators = pytest.importorskip("prefect._internal.schemas.validators")
+    cases = [("cron", v, validators.validate_cron_string) for v in CRONS]
+    cases += [("rrule", v, validators.validate_rrule_string) for v in RRULES]
+    cases += [("timezone", v, validators.default_timezone) for v in TIMEZONES if v]
+    disagree = [(key, value) for key, value, check in cases
+                if ours_accepts(key, value) != prefect_accepts(check, value)]
+    assert not disagree
+    assert not ours_accepts("timezone", "")  # Prefect lets "" through as "no time zone"
+
+
+def test_cron_is_read_by_prefects_own_croniter() -> None:
+    # loaded from its file: `import prefect._vendor.croniter` would import all of Prefect
+    import inspect
+    from pathlib import Path
+
+    from prefectstack.stack import values
+
+    croniter = values._croniter()
+    assert Path(inspect.getfile(croniter)).parts[-3:] == ("_vendor", "croniter", "croniter.py")
+    assert "prefect" in Path(inspect.getfile(croniter)).parts
+
+
+@pytest.mark.parametrize(
+    ("schedule", "fragment"),
+    [
+        ({"cron": "61 * * * *"}, "`61 * * * *` is not a valid cron expression"),
+        ({"cron": "not a cron"}, "its 5 fields are minute (0-59)"),
+        ({"interval": 60, "timezone": "Mars/Olympus"}, "`Mars/Olympus` is not an IANA time zone"),
+        ({"interval": 60, "timezone": "Europe/Berln"}, "did you mean `Europe/Berlin`?"),
+        ({"rrule": "FREQ=SOMETIMES"}, "`FREQ=SOMETIMES` is not a valid iCalendar recurrence"),
+    ],
+)
+def test_schedule_errors_name_the_field(schedule: dict[str, Any], fragment: str) -> None:
+    text = (
+        "version: 1\ndeployments:\n  - name: d\n    entrypoint: f.py:f\n    work_pool: p\n"
+        f"    schedules:\n      - {schedule}\n"
+    ).replace("'", '"')
+    with pytest.raises(StackError) as info:
+        parse_stack(text, {})
+    field = next(iter(k for k in schedule if k != "interval"))
+    assert f"deployments[0].schedules[0].{field}: " in info.value.message
+    assert fragment in info.value.message

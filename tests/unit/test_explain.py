@@ -142,3 +142,19 @@ def test_messages_do_not_leak_pydantic_urls() -> None:
     with pytest.raises(StackError) as info:
         parse_stack("version: 1\napi:\n  port: 0\n", {})
     assert "errors.pydantic.dev" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("version: 1\nyes: 1\n", '(top level): key `true` is not text'),
+        ("version: 1\napi:\n  settings:\n    on: x\n", 'api.settings: key `true` is not text'),
+        ("version: 1\npostgres:\n  settings:\n    work_mem: 64\n",
+         "postgres.settings.work_mem: expected a string, got 64; quote it"),
+        ("version: 1\nname: true\n", "name: expected a string, got true; quote it"),
+    ],
+)
+def test_yaml_values_that_are_not_text_say_to_quote_them(text: str, fragment: str) -> None:
+    with pytest.raises(StackError) as info:
+        parse_stack(text, {}, "bad.yaml")
+    assert fragment in info.value.message

@@ -88,3 +88,29 @@ def test_environment_is_only_the_given_mapping(monkeypatch: pytest.MonkeyPatch) 
 )
 def test_yaml_path(loc: tuple[str | int, ...], expected: str) -> None:
     assert yaml_path(loc) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("${VAR", "`${VAR` is not closed: a `}` is missing"),
+        ("postgresql://${USER:-prefect@db/prefect", "`${USER:-prefect@db/prefect` is not closed"),
+        ("${VAR:default}", "`${VAR:default}` is not a valid environment reference"),
+        ("${1VAR}", "`${1VAR}` is not a valid environment reference"),
+        ("${}", "`${}` is not a valid environment reference"),
+        ("${A B}", "`${A B}` is not a valid environment reference"),
+    ],
+)
+def test_a_malformed_reference_is_an_error(value: str, fragment: str) -> None:
+    with pytest.raises(StackError) as info:
+        interpolate({"api": {"public_url": value}}, {"VAR": "x", "USER": "u", "A": "a"})
+    err = info.value
+    assert err.exit_code == 2
+    assert err.message.startswith("api.public_url: ")
+    assert fragment in err.message
+    assert err.hint is not None and "$${" in err.hint
+
+
+def test_an_escaped_opening_is_not_a_reference() -> None:
+    assert interpolate("$${VAR", {}) == "${VAR"
+    assert interpolate("echo $${HOME:-x} ${A}", {"A": "a"}) == "echo ${HOME:-x} a"

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from prefectstack.errors import StackError
-from prefectstack.stack import parse_stack
-from prefectstack.stack.loader import default_stack_text, load_stack
+from prefectstack.stack import parse_stack, reader
+from prefectstack.stack.loader import default_stack_text, load_stack, locate_state_dir
 from prefectstack.stack.model import CURRENT_VERSION, Stack
 
 EXAMPLES = resources.files("prefectstack").joinpath("examples")
@@ -89,3 +89,68 @@ def test_load_stack_prefers_stack_yaml_in_cwd(
     loaded = load_stack(None)
     assert loaded.stack.name == "here"
     assert loaded.base_dir == tmp_path.resolve()
+
+
+def test_a_utf8_byte_order_mark_is_fine(tmp_path: Path) -> None:
+    path = tmp_path / "stack.yaml"
+    path.write_bytes(b"\xef\xbb\xbfversion: 1\nname: bom\n")
+    assert load_stack(path).stack.name == "bom"
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        ("version: 1\nname: caf\u00e9\n".encode("latin-1"), "not UTF-8 text (byte 0xe9 at line 2)"),
+        ("version: 1\n".encode("utf-16"), "UTF-16 or UTF-32 text"),
+        ("version: 1\n".encode("utf-16-be"), "NUL bytes at line 1"),
+    ],
+)
+def test_files_not_in_utf8_are_stack_errors_for_every_command(
+    tmp_path: Path, data: bytes, fragment: str
+) -> None:
+    path = tmp_path / "stack.yaml"
+    path.write_bytes(data)
+    # load_stack: up, validate, render...; locate_state_dir: status, down, logs, audit
+    for read in (load_stack, locate_state_dir):
+        with pytest.raises(StackError) as info:
+            read(path)
+        assert info.value.exit_code == 2
+        assert info.value.message.startswith(f"{path}: ")
+        assert fragment in info.value.message
+        assert info.value.hint is not None and "save it as UTF-8" in info.value.hint
+
+
+def test_locate_state_dir_is_lenient_about_duplicate_keys_only(tmp_path: Path) -> None:
+    path = tmp_path / "stack.yaml"
+    path.write_text("version: 1\nstate_dir: a\nstate_dir: b\nnot_a_key: 1\n")
+    assert locate_state_dir(path) == (tmp_path / "b").resolve()
+    with pytest.raises(StackError, match="duplicate key `state_dir`"):
+        load_stack(path)
+    path.write_text("version: 1\nstate_dir: ${STATE\n")
+    with pytest.raises(StackError, match=r"stack\.yaml: state_dir: `\$\{STATE` is not closed"):
+        locate_state_dir(path)
+
+
+def test_anchors_aliases_and_merge_keys_still_work() -> None:
+    text = (
+        "version: 1\n"
+        "workers:\n"
+        "  - &w {name: w1, pool: p, limit: 2}\n"
+        "  - <<: *w\n"
+        "    name: w2\n"  # overriding a merged key is not a duplicate
+        "    limit: 3\n"
+    )
+    workers = parse_stack(text, {}).workers
+    assert [(w.name, w.pool, w.limit) for w in workers] == [("w1", "p", 2), ("w2", "p", 3)]
+
+
+def test_a_reasonable_file_with_many_values_parses() -> None:
+    variables = "".join(f"  - {{name: v{i}, value: {{a: [1, 2, x{i}]}}}}\n" for i in range(500))
+    stack = parse_stack("version: 1\nvariables:\n" + variables, {})
+    assert len(stack.variables) == 500
+
+
+def test_a_text_over_the_limit_is_refused_before_parsing() -> None:
+    with pytest.raises(StackError, match="larger than 256 KB") as info:
+        parse_stack("version: 1\n" + "#" * reader.MAX_BYTES, {}, "big.yaml")
+    assert info.value.exit_code == 2

@@ -226,3 +226,111 @@ def test_unset_env_error_names_the_source() -> None:
     with pytest.raises(StackError) as caught:
         parse_stack("version: 1\nname: ${NOPE}\n", {}, "my.yaml")
     assert caught.value.message.startswith("my.yaml: name: environment variable NOPE")
+
+
+@pytest.mark.parametrize(
+    ("data", "loc"),
+    [
+        ({"api": {"port": True}}, ("api", "port")),
+        ({"api": {"replicas": True}}, ("api", "replicas")),
+        ({"postgres": {"port": False}}, ("postgres", "port")),
+        ({"edge": {"https_port": True}}, ("edge", "https_port")),
+        ({"auth": {"session_hours": True}}, ("auth", "session_hours")),
+        ({"workers": [{"name": "w", "pool": "p", "health_port": True}]},
+         ("workers", 0, "health_port")),
+        ({"workers": [{"name": "w", "pool": "p", "limit": True}]}, ("workers", 0, "limit")),
+        ({"monitoring": {"grafana_port": True}}, ("monitoring", "grafana_port")),
+    ],
+)
+def test_a_boolean_is_never_a_number(data: dict[str, Any], loc: tuple[str | int, ...]) -> None:
+    # pydantic's lax mode would read `true` as 1: `port: true` would become port 1
+    with pytest.raises(ValidationError, match="got the boolean") as info:
+        stack(**data)
+    assert error_locs(info.value) == [loc]
+
+
+def test_numbers_from_the_environment_are_still_numbers() -> None:
+    # `${PORT:-8080}` gives text: StrictInt would refuse it, the boolean check does not
+    assert stack(api={"port": "8080", "replicas": "2"}).api.port == 8080
+
+
+def test_replica_ports_stay_in_range() -> None:
+    assert stack(api={"port": 65533, "replicas": 3}).api.port == 65533
+    with pytest.raises(ValidationError, match=r"api\.port 65534 with api\.replicas 3") as info:
+        stack(api={"port": 65534, "replicas": 3})
+    assert error_locs(info.value) == [("api",)]
+    assert "at most 65533" in str(info.value)
+
+
+@pytest.mark.parametrize("host", [
+    "localhost", "127.0.0.1", "::1", "[::1]", "[2001:db8::1]", "2001:db8::1",
+    "prefect.example.com", "xn--bcher-kva.example", "a-b.c0", "PREFECT.Example.COM",
+])
+def test_valid_edge_hosts(host: str) -> None:
+    assert stack(edge={"host": host}).edge.host == host
+
+
+@pytest.mark.parametrize("host", [
+    "", " ", "my host name", "https://x.example.com", "x.example.com:443", "under_score.com",
+    "-dash.com", "dash-.com", "a..b", "999.1.1.1", "1.2.3", "[127.0.0.1]", "x" * 64 + ".com",
+    "caf\u00e9.example",
+])
+def test_invalid_edge_hosts(host: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        stack(edge={"host": host})
+    assert error_locs(info.value) == [("edge", "host")]
+
+
+def test_an_ipv6_edge_host_is_bracketed_in_its_url() -> None:
+    assert stack(edge={"host": "2001:db8::1"}).edge.public_url == "https://[2001:db8::1]:4200"
+    assert stack(edge={"host": "[::1]"}).edge.public_url == "https://[::1]:4200"
+
+
+def test_edge_bind_and_acme_email_are_checked() -> None:
+    assert stack(edge={"bind": ["0.0.0.0", "::", "10.0.0.5"]}).edge.bind == [
+        "0.0.0.0", "::", "10.0.0.5"]
+    with pytest.raises(ValidationError, match="not a valid host name"):
+        stack(edge={"bind": ["every interface"]})
+    with pytest.raises(ValidationError, match="not an email address"):
+        stack(edge={"acme_email": "ops"})
+    assert stack(edge={"acme_email": "ops@example.com"}).edge.acme_email == "ops@example.com"
+
+
+@pytest.mark.parametrize("url", [
+    "https://prefect.example.com", "http://10.0.0.5:4200", "https://[2001:db8::1]:8443/prefect",
+])
+def test_valid_public_urls(url: str) -> None:
+    assert stack(api={"public_url": url}).api.public_url == url
+
+
+@pytest.mark.parametrize("url", [
+    "prefect.example.com", "ftp://x.example.com", "https://", "https://bad host/",
+    "https://x.example.com:99999", "https://x.example.com/?a=1",
+])
+def test_invalid_public_urls(url: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        stack(api={"public_url": url})
+    assert error_locs(info.value) == [("api", "public_url")]
+
+
+def test_external_urls_name_the_url_field() -> None:
+    with pytest.raises(ValidationError) as info:
+        pg(mode="external", url="postgresql://u@db:70000/prefect")
+    assert error_locs(info.value) == [("url",)]
+    with pytest.raises(ValidationError, match="the host"):
+        redis(mode="external", url="redis://my cache:6379/0")
+    # a unix socket (libpq `host=`) and a multi-host list are the driver's to read
+    pg(mode="external", url="postgresql://u@/prefect?host=/var/run/postgresql")
+    pg(mode="external", url="postgresql://u@db1:5432,db2:5432/prefect")
+
+
+@pytest.mark.parametrize("state_dir", [".prefectstack", "state", "../state", "/var/lib/ps/x"])
+def test_valid_state_dirs(state_dir: str) -> None:
+    assert stack(state_dir=state_dir).state_dir == state_dir
+
+
+@pytest.mark.parametrize("state_dir", ["", "  ", ".", "./", "..", "../..", "/", "a\0b"])
+def test_state_dir_must_be_a_directory_of_its_own(state_dir: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        stack(state_dir=state_dir)
+    assert error_locs(info.value) == [("state_dir",)]

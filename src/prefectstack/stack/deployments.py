@@ -13,9 +13,10 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from prefectstack.stack.base import StrictModel
+from prefectstack.stack.values import check_cron, check_rrule, check_timezone
 
 # Marks the deployments and variables prefectstack manages; other object types are listed
 # in the `prefectstack_managed_<kind>` variables instead (they have no tags).
@@ -188,6 +189,22 @@ class ScheduleConfig(StrictModel):
         default_factory=dict,
         description="Parameters for runs of this schedule, over the deployment's.",
     )
+
+    # Parsed as Prefect parses them, so the server cannot refuse what validated here.
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, cron: str | None) -> str | None:
+        return None if cron is None else check_cron(cron)
+
+    @field_validator("rrule")
+    @classmethod
+    def _rrule(cls, rrule: str | None) -> str | None:
+        return None if rrule is None else check_rrule(rrule)
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, timezone: str | None) -> str | None:
+        return None if timezone is None else check_timezone(timezone)
 
     @model_validator(mode="after")
     def _one_kind(self) -> ScheduleConfig:

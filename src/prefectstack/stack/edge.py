@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Annotated
+import re
 
 from pydantic import Field, field_validator
 
-from prefectstack.stack.base import StrictModel
+from prefectstack.stack.base import Port, StrictModel
+from prefectstack.stack.values import check_host
 from prefectstack.urls import LOOPBACK_HOSTS
 
-Port = Annotated[int, Field(ge=1, le=65535)]
 # Old name, still imported by render/compose.py; new code imports prefectstack.urls.
 LOCAL_HOSTS = LOOPBACK_HOSTS
 
@@ -57,9 +57,25 @@ class EdgeConfig(StrictModel):
     @field_validator("host")
     @classmethod
     def _plain_host(cls, host: str) -> str:
-        if "/" in host or ":" in host.strip("[]").replace("::1", ""):
-            raise ValueError("give a bare host name or IP address, without scheme or port")
-        return host
+        return check_host(host)
+
+    @field_validator("bind")
+    @classmethod
+    def _bind_addresses(cls, bind: list[str] | None) -> list[str] | None:
+        for address in bind or []:
+            try:
+                check_host(address)
+            except ValueError as exc:
+                named = address in str(exc)  # most messages quote the address already
+                raise ValueError(str(exc) if named else f"`{address}`: {exc}") from None
+        return bind
+
+    @field_validator("acme_email")
+    @classmethod
+    def _email(cls, email: str | None) -> str | None:
+        if email is not None and not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", email):
+            raise ValueError(f"`{email}` is not an email address, e.g. ops@example.com")
+        return email
 
     @property
     def listen_addresses(self) -> list[str]:
@@ -81,7 +97,8 @@ class EdgeConfig(StrictModel):
     @property
     def public_url(self) -> str:
         port = "" if self.https_port == 443 else f":{self.https_port}"
-        return f"https://{self.host}{port}"
+        host = f"[{self.host}]" if ":" in self.host and "[" not in self.host else self.host
+        return f"https://{host}{port}"
 
 
 class AuthConfig(StrictModel):

@@ -44,10 +44,21 @@ def _clean_loc(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
     )
 
 
+def _yaml_scalar(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) or value is None else str(value)
+
+
 def explain_one(root: type[BaseModel], err: ErrorDetails) -> str:
     loc = _clean_loc(tuple(err["loc"]))
     path = yaml_path(loc)
     kind = err["type"]
+    # YAML reads unquoted yes/no/on/off/true/false/null and numbers as values, not text
+    if kind == "invalid_key" or (kind == "string_type" and err["loc"][-1:] == ("[key]",)):
+        key = _yaml_scalar(err["input"])
+        return (f"{yaml_path(loc[:-1])}: key `{key}` is not text (YAML reads unquoted yes, no, "
+                f"on, off, true, false, null and numbers as values); quote it: \"{key}\"")
+    if kind == "string_type" and isinstance(err["input"], bool | int | float):
+        return f"{path}: expected a string, got {_yaml_scalar(err['input'])}; quote it"
     if kind == "extra_forbidden":
         parent = _model_at(root, loc)
         key = str(loc[-1])

@@ -8,7 +8,8 @@ from typing import Any
 
 from prefectstack.errors import StackError
 
-_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\$")
+# A reference, an escaped `$`, or (last) any other `${`: one not closed or not well formed.
+_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\$|\$\{")
 
 
 def yaml_path(loc: tuple[str | int, ...]) -> str:
@@ -34,6 +35,18 @@ def interpolate(data: Any, env: Mapping[str, str], loc: tuple[str | int, ...] = 
     def replace(match: re.Match[str]) -> str:
         if match.group(0) == "$$":
             return "$"
+        if match.group(0) == "${":
+            rest = data[match.start():]
+            end = rest.find("}")
+            shown = rest[: end + 1] if 0 <= end < 40 else re.split(r"\s", rest[:40])[0]
+            raise StackError(
+                f"{yaml_path(loc)}: "
+                + (f"`{shown}` is not a valid environment reference" if end >= 0
+                   else f"`{shown}` is not closed: a `}}` is missing"),
+                hint="write ${NAME} or ${NAME:-default} (NAME: letters, digits and _, not "
+                "starting with a digit); for a literal `${`, write `$${`",
+                exit_code=2,
+            )
         name, default = match.group(1), match.group(2)
         if name in env:
             return env[name]

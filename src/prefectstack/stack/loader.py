@@ -8,13 +8,13 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-import yaml
 from pydantic import ValidationError
 
 from prefectstack.errors import StackError
 from prefectstack.stack.explain import explain
 from prefectstack.stack.interpolate import interpolate
 from prefectstack.stack.model import CURRENT_VERSION, Stack
+from prefectstack.stack.reader import load_yaml, read_text
 
 DEFAULT_FILE = "stack.yaml"
 
@@ -34,12 +34,7 @@ class LoadedStack:
 
 def parse_stack(text: str, env: Mapping[str, str], source: str = "stack.yaml") -> Stack:
     """Pure: text and an environment in, a validated `Stack` out, or one `StackError`."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise StackError(f"{source}: not valid YAML{where}: {exc}", exit_code=2) from None
+    data = load_yaml(text, source)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -89,13 +84,7 @@ def load_stack(path: str | Path | None) -> LoadedStack:
             return default_stack(Path.cwd())
         path = candidate
     file = Path(path)
-    try:
-        text = file.read_text()
-    except FileNotFoundError:
-        raise StackError(f"stack file not found: {file}", exit_code=2) from None
-    except OSError as exc:
-        raise StackError(f"cannot read stack file {file}: {exc.strerror}", exit_code=2) from None
-    stack = parse_stack(text, os.environ, str(file))
+    stack = parse_stack(read_text(file), os.environ, str(file))
     return LoadedStack(stack, file.resolve().parent, str(file))
 
 
@@ -106,12 +95,11 @@ def locate_state_dir(path: str | Path | None) -> Path:
     if path is None and not (Path.cwd() / DEFAULT_FILE).exists():
         return default_stack(Path.cwd()).state_dir
     file = Path(path) if path is not None else Path.cwd() / DEFAULT_FILE
-    try:
-        data = yaml.safe_load(file.read_text())
-    except FileNotFoundError:
-        raise StackError(f"stack file not found: {file}", exit_code=2) from None
-    except (OSError, yaml.YAMLError) as exc:
-        raise StackError(f"cannot read stack file {file}: {exc}", exit_code=2) from None
+    # The same bounds as `load_stack` (size, UTF-8, aliases, depth), but duplicate keys pass.
+    data = load_yaml(read_text(file), str(file), unique_keys=False)
     raw = data.get("state_dir", ".prefectstack") if isinstance(data, dict) else ".prefectstack"
-    state_dir = str(interpolate(str(raw), os.environ, ("state_dir",)))
+    try:
+        state_dir = str(interpolate(str(raw), os.environ, ("state_dir",)))
+    except StackError as exc:
+        raise StackError(f"{file}: {exc.message}", hint=exc.hint, exit_code=2) from None
     return (file.resolve().parent / state_dir).resolve()

@@ -5,11 +5,12 @@ This module is pure: it never reads the disk or the environment.
 
 from __future__ import annotations
 
+import posixpath
 from typing import Annotated, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from prefectstack.stack.base import StrictModel
+from prefectstack.stack.base import Port, StrictModel
 from prefectstack.stack.deployments import (
     ConcurrencyLimits,
     Deployments,
@@ -19,11 +20,11 @@ from prefectstack.stack.deployments import (
 )
 from prefectstack.stack.edge import AuthConfig, EdgeConfig
 from prefectstack.stack.monitoring import MonitoringConfig
+from prefectstack.stack.values import check_public_url, check_url
 
 CURRENT_VERSION = 1
 WORKER_HEALTH_BASE_PORT = 18080  # worker i serves /health on this + i unless set
 
-Port = Annotated[int, Field(ge=1, le=65535)]
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,39}$")]
 # postgresql.conf keys prefectstack sets itself: loopback-only listening and the probed port.
 RESERVED_PG_SETTINGS = ("listen_addresses", "port", "unix_socket_directories")
@@ -96,9 +97,12 @@ class PostgresConfig(StrictModel):
             raise ValueError("`url` is required when mode is `external`")
         if self.mode != "external" and self.url:
             raise ValueError("`url` is only used with `mode: external`; remove it or set the mode")
-        if self.url and not self.url.startswith(("postgresql://", "postgresql+asyncpg://")):
-            raise ValueError("`url` must start with postgresql:// or postgresql+asyncpg://")
         return self
+
+    @field_validator("url")
+    @classmethod
+    def _postgres_url(cls, url: str | None) -> str | None:
+        return None if url is None else check_url(url, ("postgresql", "postgresql+asyncpg"))
 
 
 class RedisConfig(StrictModel):
@@ -122,9 +126,12 @@ class RedisConfig(StrictModel):
             raise ValueError("`url` is required when mode is `external`")
         if self.mode != "external" and self.url:
             raise ValueError("`url` is only used with `mode: external`; remove it or set the mode")
-        if self.url and not self.url.startswith(("redis://", "rediss://")):
-            raise ValueError("`url` must start with redis:// or rediss://")
         return self
+
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, url: str | None) -> str | None:
+        return None if url is None else check_url(url, ("redis", "rediss"))
 
 
 class ApiConfig(StrictModel):
@@ -154,6 +161,22 @@ class ApiConfig(StrictModel):
             "Settings prefectstack wires itself (database, Redis, docket, listeners) are refused."
         ),
     )
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, url: str | None) -> str | None:
+        return None if url is None else check_public_url(url)
+
+    @model_validator(mode="after")
+    def _replica_ports_in_range(self) -> ApiConfig:
+        last = self.port + self.replicas - 1
+        if last > 65535:
+            raise ValueError(
+                f"api.port {self.port} with api.replicas {self.replicas} needs ports "
+                f"{self.port}-{last}, past 65535; set api.port to at most "
+                f"{65536 - self.replicas} or lower api.replicas"
+            )
+        return self
 
     @field_validator("settings")
     @classmethod
@@ -257,6 +280,21 @@ class Stack(StrictModel):
     secrets: Secrets = Field(
         default_factory=list, description="Secret blocks, valued from env vars or files."
     )
+
+    @field_validator("state_dir")
+    @classmethod
+    def _own_state_dir(cls, state_dir: str) -> str:
+        if not state_dir.strip() or "\0" in state_dir:
+            raise ValueError("give a directory path, e.g. `.prefectstack`")
+        # Lexical only (the model never reads the disk): ".", "/" or only ".." parts would put
+        # data, secrets and `down --volumes` on the stack file's directory or one above it.
+        parts = posixpath.normpath(state_dir.replace("\\", "/")).split("/")
+        if all(part in ("", ".", "..") for part in parts):
+            raise ValueError(
+                f"`{state_dir}` is the stack file's directory, an ancestor of it or the root; "
+                "give the state its own directory, e.g. `.prefectstack`"
+            )
+        return state_dir
 
     # Field validators (not a model validator) so that errors name `workers` / `examples`.
     @field_validator("workers")

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 from pydantic import Field
 
-from prefectstack.stack.base import StrictModel
-
-Port = Annotated[int, Field(ge=1, le=65535)]
+from prefectstack.stack.base import Port, StrictModel
 
 
 class MonitoringConfig(StrictModel):
