@@ -14,7 +14,7 @@ PACKAGE = Path(prefectstack.__file__).parent
 # Bottom to top. A part may import its own modules and any part of a lower layer; parts of
 # the same layer are independent of each other.
 LAYERS: list[set[str]] = [
-    {"__init__", "errors", "urls", "layout", "apikeys", "lock"},  # pure leaves
+    {"__init__", "errors", "urls", "layout", "apikeys", "lock", "accounts"},  # leaves
     {"console", "tools"},  # the terminal and subprocess chokepoints
     {"stack"},  # stack.yaml -> Stack
     {"topology"},  # Stack -> services

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from importlib import resources
 from pathlib import Path
 
@@ -154,3 +156,33 @@ def test_a_text_over_the_limit_is_refused_before_parsing() -> None:
     with pytest.raises(StackError, match="larger than 256 KB") as info:
         parse_stack("version: 1\n" + "#" * reader.MAX_BYTES, {}, "big.yaml")
     assert info.value.exit_code == 2
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the rule is for root")
+def test_root_keeps_state_where_the_unprivileged_account_can_reach_it() -> None:
+    """As root, the default `.prefectstack` next to a stack file in a directory the stack's
+    account can't enter (root's 0700 home) moves to /var/lib/prefectstack/<name>; nothing's
+    permissions change. A state_dir set to another path is used as given (and `up` refuses
+    it, naming the blocking directory, if it is out of reach)."""
+    import shutil
+    import tempfile
+
+    from prefectstack.stack.loader import SYSTEM_STATE_ROOT
+
+    top = Path(tempfile.mkdtemp(prefix="prefectstack-home-", dir="/tmp"))
+    top.chmod(0o755)  # mkdtemp's 0700 would block everything below it
+    try:
+        home = top / "home"
+        home.mkdir(mode=0o700)
+        home.chmod(0o700)
+        (home / "stack.yaml").write_text("version: 1\nname: blocked\n")
+        assert load_stack(home / "stack.yaml").state_dir == SYSTEM_STATE_ROOT / "blocked"
+        assert locate_state_dir(home / "stack.yaml") == SYSTEM_STATE_ROOT / "blocked"
+        (home / "stack.yaml").write_text("version: 1\nname: blocked\nstate_dir: mine\n")
+        assert load_stack(home / "stack.yaml").state_dir == (home / "mine").resolve()
+        home.chmod(0o711)  # reachable: the default stays next to the stack file
+        (home / "stack.yaml").write_text("version: 1\nname: open\n")
+        assert load_stack(home / "stack.yaml").state_dir == (home / ".prefectstack").resolve()
+        assert stat.S_IMODE(home.stat().st_mode) == 0o711  # untouched by the loader
+    finally:
+        shutil.rmtree(top)

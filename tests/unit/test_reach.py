@@ -4,6 +4,7 @@ account (`nobody`), and the linked copies that replace a permission change."""
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -54,7 +55,7 @@ def test_the_first_blocking_directory_is_named(tmp_path: Path) -> None:
 def test_group_and_owner_bits_count_for_their_own_account(tmp_path: Path) -> None:
     target = tree(tmp_path, 0o700)
     gate = tmp_path / "open" / "gate"
-    os.chown(gate, reach.pwd.getpwnam(USER).pw_uid, 0)
+    os.chown(gate, pwd.getpwnam(USER).pw_uid, 0)
     assert reach.blocking_dir(target, USER) is None  # the owner's x bit
 
 

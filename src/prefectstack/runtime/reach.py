@@ -10,61 +10,34 @@ dir instead; nothing outside the state dir changes mode or owner.
 
 from __future__ import annotations
 
-import grp
 import json
 import os
-import pwd
 import shutil
 import stat
 from pathlib import Path
 
+from prefectstack import accounts
 from prefectstack.errors import StackError
 
 _MARKER = ".source.json"
 
 
-def _ids(user: str) -> tuple[int, set[int]]:
-    entry = pwd.getpwnam(user)
-    groups = {entry.pw_gid} | {g.gr_gid for g in grp.getgrall() if user in g.gr_mem}
-    return entry.pw_uid, groups
-
-
-def _allows(st: os.stat_result, uid: int, gids: set[int], bits: tuple[int, int, int]) -> bool:
-    owner, group, other = bits
-    if st.st_uid == uid:
-        return bool(st.st_mode & owner)
-    if st.st_gid in gids:
-        return bool(st.st_mode & group)
-    return bool(st.st_mode & other)
-
-
 _SEARCH = (stat.S_IXUSR, stat.S_IXGRP, stat.S_IXOTH)
 _READ = (stat.S_IRUSR, stat.S_IRGRP, stat.S_IROTH)
-
-
-def blocking_dir(path: Path, user: str) -> Path | None:
-    """The first directory on the way to `path` (its ancestors, from the root down) that
-    `user` may not search, else None. `path` itself is not checked."""
-    uid, gids = _ids(user)
-    if uid == 0:
-        return None
-    for directory in reversed(Path(os.path.abspath(path)).parents):
-        if not _allows(directory.stat(), uid, gids, _SEARCH):
-            return directory
-    return None
+blocking_dir = accounts.blocking_dir
 
 
 def can_execute(path: Path, user: str) -> bool:
-    uid, gids = _ids(user)
-    return blocking_dir(path, user) is None and _allows(path.stat(), uid, gids, _SEARCH)
+    uid, gids = accounts.ids(user)
+    return blocking_dir(path, user) is None and accounts.allows(path.stat(), uid, gids)
 
 
 def can_read_tree(path: Path, user: str) -> bool:
     """`user` can reach `path` and read (and search) the directory itself."""
-    uid, gids = _ids(user)
+    uid, gids = accounts.ids(user)
     st = path.stat()
-    return (blocking_dir(path, user) is None and _allows(st, uid, gids, _READ)
-            and _allows(st, uid, gids, _SEARCH))
+    return (blocking_dir(path, user) is None and accounts.allows(st, uid, gids, _READ)
+            and accounts.allows(st, uid, gids))
 
 
 def _fingerprint(source: Path) -> dict[str, object]:

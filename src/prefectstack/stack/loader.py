@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from prefectstack import accounts
 from prefectstack.errors import StackError
 from prefectstack.stack.explain import explain
 from prefectstack.stack.interpolate import interpolate
@@ -17,6 +18,23 @@ from prefectstack.stack.model import CURRENT_VERSION, Stack
 from prefectstack.stack.reader import load_yaml, read_text
 
 DEFAULT_FILE = "stack.yaml"
+DEFAULT_STATE_DIR = ".prefectstack"
+# Where root keeps a stack's state when the default place is out of reach of the account
+# that runs PostgreSQL and the edge (e.g. a stack file in root's 0700 home), as system
+# services do. A state_dir set to anything else is used as given (and refused if blocked).
+SYSTEM_STATE_ROOT = Path("/var/lib/prefectstack")
+
+
+def resolve_state_dir(base_dir: Path, state_dir: str, name: str, os_user: str) -> Path:
+    """The state dir of a stack: `state_dir` relative to the stack file's directory; run as
+    root with the default `.prefectstack` that `os_user` can't reach, /var/lib/prefectstack/
+    <name> instead (prefectstack changes no permission outside its state dir)."""
+    local = (base_dir / state_dir).resolve()
+    if state_dir.rstrip("/") != DEFAULT_STATE_DIR or os.geteuid() != 0:
+        return local
+    if (local / "state.json").exists() or accounts.blocking_dir(local, os_user) is None:
+        return local  # reachable, or a stack that already lives here
+    return SYSTEM_STATE_ROOT / name
 
 
 @dataclass(frozen=True)
@@ -29,7 +47,8 @@ class LoadedStack:
 
     @property
     def state_dir(self) -> Path:
-        return (self.base_dir / self.stack.state_dir).resolve()
+        return resolve_state_dir(self.base_dir, self.stack.state_dir, self.stack.name,
+                                 self.stack.postgres.os_user)
 
 
 def parse_stack(text: str, env: Mapping[str, str], source: str = "stack.yaml") -> Stack:
@@ -97,9 +116,14 @@ def locate_state_dir(path: str | Path | None) -> Path:
     file = Path(path) if path is not None else Path.cwd() / DEFAULT_FILE
     # The same bounds as `load_stack` (size, UTF-8, aliases, depth), but duplicate keys pass.
     data = load_yaml(read_text(file), str(file), unique_keys=False)
-    raw = data.get("state_dir", ".prefectstack") if isinstance(data, dict) else ".prefectstack"
+    data = data if isinstance(data, dict) else {}
+    raw = data.get("state_dir", DEFAULT_STATE_DIR)
     try:
         state_dir = str(interpolate(str(raw), os.environ, ("state_dir",)))
+        name = str(interpolate(str(data.get("name", "prefectstack")), os.environ, ("name",)))
     except StackError as exc:
         raise StackError(f"{file}: {exc.message}", hint=exc.hint, exit_code=2) from None
-    return (file.resolve().parent / state_dir).resolve()
+    postgres = data.get("postgres")
+    os_user = str(postgres.get("os_user", "prefectstack")) if isinstance(postgres, dict) else (
+        "prefectstack")
+    return resolve_state_dir(file.resolve().parent, state_dir, name, os_user)
