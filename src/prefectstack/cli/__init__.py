@@ -56,3 +56,22 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
+    except OSError as exc:
+        # An unwritable or read-only state dir, a full disk, a file that vanished: the
+        # system's own words and the path, never a traceback.
+        console.error(os_error(exc))
+        sys.exit(1)
+
+
+def os_error(exc: OSError) -> StackError:
+    import errno
+
+    where = f": {exc.filename}" if exc.filename else ""
+    hints = {
+        errno.EACCES: "check the permissions of that path (or run as its owner)",
+        errno.EPERM: "check the permissions of that path (or run as its owner)",
+        errno.EROFS: "the file system is read-only: choose a state_dir on a writable one",
+        errno.ENOSPC: "the disk is full: free some space and run the command again",
+        errno.EDQUOT: "the disk quota is exhausted: free some space",
+    }
+    return StackError(f"{exc.strerror or exc}{where}", hint=hints.get(exc.errno or 0))

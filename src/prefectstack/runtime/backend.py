@@ -46,7 +46,10 @@ def read(state_dir: Path) -> Record:
         record = Record(**json.loads(path.read_text()))
     except FileNotFoundError:
         return Record(LOCAL)
-    except (OSError, ValueError, TypeError) as exc:
+    except OSError as exc:
+        raise StackError(f"cannot read {path}: {exc.strerror}",
+                         hint="check that the state dir is a directory you can read") from None
+    except (ValueError, TypeError) as exc:
         raise StackError(f"cannot read {path}: {exc}",
                          hint=f"it names the backend that started the stack, one of "
                               f"{', '.join(NAMES)}; fix it by hand or delete it") from None
