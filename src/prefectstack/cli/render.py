@@ -68,13 +68,13 @@ def render_compose(stack_path: str | None, out: str | None) -> None:
 def render_kubernetes(stack_path: str | None, out: str | None, image: str | None) -> None:
     """Plain manifests for `kubectl apply -k` (default: deploy/kubernetes)."""
     from prefectstack.render import kubernetes
-    from prefectstack.runtime import secrets
+    from prefectstack.runtime import secret_store
     from prefectstack.runtime.bundle import write_bundle
     from prefectstack.stack.loader import load_stack
 
     loaded = load_stack(stack_path)
     out_dir = _out_dir(loaded, out, "deploy/kubernetes")
-    values = secrets.ensure(loaded.state_dir, kubernetes.secret_names(loaded.stack))
+    values = secret_store.ensure(loaded.state_dir, kubernetes.secret_names(loaded.stack))
     bundle = _rendered(lambda: kubernetes.render(loaded.stack, values, image=image))
     written = write_bundle(bundle, out_dir)
     _report("Kubernetes manifests", out_dir, written, sorted(bundle.private))

@@ -28,10 +28,10 @@ from prefectstack.deploy.state import (
 )
 from prefectstack.errors import StackError
 from prefectstack.prefect_api import PrefectApi, Target
-from prefectstack.runtime import handover, secrets
+from prefectstack.runtime import handover, secret_store
 from prefectstack.stack.deployments import MANAGED_TAG
 from prefectstack.stack.loader import LoadedStack
-from prefectstack.topology import credentials
+from prefectstack.topology import stack_secrets
 from prefectstack.urls import api_url
 
 
@@ -51,11 +51,11 @@ def target_for(loaded: LoadedStack, server: str | None = None, key: str | None =
     if not stack.edge.enabled:
         # The API process itself, with its server auth string (the stack's own secret).
         url = f"http://{topology.LOOPBACK}:{stack.api.port}/api"
-        password = secrets.load(loaded.state_dir).get(credentials.API_PASSWORD)
+        password = secret_store.load(loaded.state_dir).get(stack_secrets.API_PASSWORD)
         if not auth and password:
-            auth = f"{credentials.API_USER}:{password}"
+            auth = f"{stack_secrets.API_USER}:{password}"
         return Target(url, api_key=key or None, auth_string=auth, ca_file=ca_file or None)
-    own_key = key or secrets.load(loaded.state_dir).get(credentials.DEPLOYER_API_KEY)
+    own_key = key or secret_store.load(loaded.state_dir).get(stack_secrets.DEPLOYER_API_KEY)
     if not own_key:
         raise StackError(
             f"no key for this stack's edge in {loaded.state_dir}",

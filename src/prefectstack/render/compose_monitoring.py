@@ -19,7 +19,7 @@ from prefectstack.render.common import GRAFANA_IMAGE, PROMETHEUS_IMAGE, dump_yam
 from prefectstack.render.compose_extras import healthcheck, interpolate
 from prefectstack.render.containers import Plan
 from prefectstack.stack.model import Stack
-from prefectstack.topology import credentials
+from prefectstack.topology import stack_secrets
 
 SERVICES = ("prometheus", "grafana")
 GRAFANA_SECRET = "grafana_admin_password"
@@ -37,7 +37,7 @@ def compose_secrets(stack: Stack) -> dict[str, Any]:
     """Top-level compose secrets: the API's password for Prometheus, from `.env`."""
     if not stack.monitoring.enabled:
         return {}
-    return {API_PASSWORD_SECRET: {"environment": env_name(credentials.API_PASSWORD)}}
+    return {API_PASSWORD_SECRET: {"environment": env_name(stack_secrets.API_PASSWORD)}}
 
 
 def secret_names(stack: Stack) -> set[str]:

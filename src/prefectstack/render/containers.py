@@ -24,9 +24,9 @@ from prefectstack.render.common import AUTH_DIR, HOME_DIR
 from prefectstack.stack.model import Stack
 from prefectstack.topology import placeholders
 from prefectstack.topology.caddyfile import edge_caddyfile
-from prefectstack.topology.credentials import POSTGRES_SUPERUSER_PASSWORD
 from prefectstack.topology.edge import EDGE_CONFIG
 from prefectstack.topology.service import LOOPBACK, Probe, Role, Service
+from prefectstack.topology.stack_secrets import POSTGRES_SUPERUSER_PASSWORD
 
 Image = Literal["prefect", "postgres", "redis", "caddy"]
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefectstack.stack.model import Stack
-from prefectstack.topology.credentials import API_USER
+from prefectstack.topology.stack_secrets import API_USER
 
 PORT = 9090
 CONFIG_DIR = "/etc/prometheus"

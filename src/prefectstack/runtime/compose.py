@@ -79,11 +79,11 @@ def write_project(loaded: LoadedStack, out_dir: Path) -> list[Path]:
     """Render the stack's Compose project (secrets from the state dir's store) into
     `out_dir`; for `render compose` and for `up`."""
     from prefectstack.render import compose
-    from prefectstack.runtime import secrets
+    from prefectstack.runtime import secret_store
     from prefectstack.runtime.bundle import write_bundle
 
     stack = loaded.stack
-    values = secrets.ensure(loaded.state_dir, compose.secret_names(stack))
+    values = secret_store.ensure(loaded.state_dir, compose.secret_names(stack))
     try:
         bundle = compose.render(stack, values)
     except ValueError as exc:

@@ -11,8 +11,8 @@ import shutil
 from pathlib import Path
 
 from prefectstack.layout import Layout
-from prefectstack.runtime import secrets
-from prefectstack.topology import credentials
+from prefectstack.runtime import secret_store
+from prefectstack.topology import stack_secrets
 
 
 def export_ca(state_dir: Path) -> Path:
@@ -32,7 +32,7 @@ def admin_password_once(state_dir: Path) -> str | None:
     marker = Layout(state_dir).admin_shown_marker
     if marker.exists():
         return None
-    password = secrets.load(state_dir).get(credentials.ADMIN_PASSWORD)
+    password = secret_store.load(state_dir).get(stack_secrets.ADMIN_PASSWORD)
     if password is None:
         return None
     marker.touch(mode=0o600)

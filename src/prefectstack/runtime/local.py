@@ -23,7 +23,7 @@ from prefectstack.runtime import (
     pgdata,
     ports,
     programs,
-    secrets,
+    secret_store,
     service_health,
     state,
     unprivileged,
@@ -33,7 +33,7 @@ from prefectstack.runtime.logfiles import LogFollower, tail_lines
 from prefectstack.runtime.probes import RealProber
 from prefectstack.runtime.supervisor import Supervisor
 from prefectstack.stack.loader import LoadedStack
-from prefectstack.topology import LOOPBACK, Service, credentials, placeholders
+from prefectstack.topology import LOOPBACK, Service, placeholders, stack_secrets
 
 TICK_SECONDS = 0.2
 LOG_ROTATE_BYTES = 20 * 1024 * 1024
@@ -133,7 +133,7 @@ def prepare(
     layout.data.mkdir(exist_ok=True)
     external = topology.external_values(loaded.stack)
     needed = topology.generated_secret_names(loaded.stack)
-    values = secrets.ensure(layout.root, needed | _extra_secrets(loaded)) | external
+    values = secret_store.ensure(layout.root, needed | _extra_secrets(loaded)) | external
     flows = flows_dir(loaded)
     reachable = unprivileged.Reachable()
     if pgdata.is_root():
@@ -153,7 +153,7 @@ def prepare(
                 if owner:
                     pgdata.chown_tree(layout.volume(volume), owner)
         for rel, content in programs.files(svc).items():
-            secrets.write_private(layout.data / rel, resolve(content))
+            secret_store.write_private(layout.data / rel, resolve(content))
             if owner:
                 pgdata.chown_tree(layout.data / rel, owner)
         if svc.prepare == "pgdata":
@@ -162,7 +162,7 @@ def prepare(
                 layout.volume("pgdata"),
                 reachable.postgres_bin or postgres_bin_dir(loaded.stack.postgres.mode),
                 svc.run_as,
-                values[credentials.POSTGRES_SUPERUSER_PASSWORD],
+                values[stack_secrets.POSTGRES_SUPERUSER_PASSWORD],
             )
     return layout, resolve, reachable.programs
 
@@ -175,7 +175,7 @@ def flows_dir(loaded: LoadedStack) -> Path:
 
 def _extra_secrets(loaded: LoadedStack) -> set[str]:
     local = loaded.stack.postgres.mode != "external"
-    return {credentials.POSTGRES_SUPERUSER_PASSWORD} if local else set()
+    return {stack_secrets.POSTGRES_SUPERUSER_PASSWORD} if local else set()
 
 
 def check_not_running(state_dir: Path) -> None:

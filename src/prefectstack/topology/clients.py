@@ -4,7 +4,7 @@ the one-shot that registers the example deployments."""
 from __future__ import annotations
 
 from prefectstack.stack.model import Stack
-from prefectstack.topology import credentials
+from prefectstack.topology import stack_secrets
 from prefectstack.topology.placeholders import BIND_HOST, port
 from prefectstack.topology.service import Probe, Service
 from prefectstack.topology.settings import (
@@ -26,7 +26,7 @@ def workers(stack: Stack) -> list[Service]:
         )
         if worker.limit:
             argv += ("--limit", str(worker.limit))
-        env = client_env(stack, home, credentials.WORKER_API_KEY) | {
+        env = client_env(stack, home, stack_secrets.WORKER_API_KEY) | {
             "PREFECT_WORKER_WEBSERVER_HOST": BIND_HOST,
             "PREFECT_WORKER_WEBSERVER_PORT": port(worker.name),
             "PREFECT_WORKER_QUERY_SECONDS": f"{worker.poll_seconds:g}",
@@ -61,7 +61,7 @@ def pools(stack: Stack) -> list[Service]:
             role="pools",
             kind="oneshot",
             argv=("python", "-m", "prefectstack.jobs.pools", *names),
-            env=client_env(stack, "home-pools", credentials.DEPLOYER_API_KEY),
+            env=client_env(stack, "home-pools", stack_secrets.DEPLOYER_API_KEY),
             public_edge_env=public_edge_env(stack),
             volumes=("home-pools",),
             depends_on=client_deps(stack),
@@ -74,7 +74,7 @@ def examples(stack: Stack) -> list[Service]:
     if not stack.examples.enabled or not stack.workers:
         return []
     pool = stack.examples.pool or stack.workers[0].pool
-    env = client_env(stack, "home-examples", credentials.DEPLOYER_API_KEY) | {
+    env = client_env(stack, "home-examples", stack_secrets.DEPLOYER_API_KEY) | {
         "PREFECTSTACK_EXAMPLES_POOL": pool,
         "PREFECTSTACK_EXAMPLES_INTERVAL": str(stack.examples.interval_seconds),
     }

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from prefectstack.stack.model import Stack
-from prefectstack.topology import credentials
+from prefectstack.topology import stack_secrets
 from prefectstack.topology.placeholders import address, secret
 from prefectstack.topology.service import Probe, Service
 from prefectstack.topology.settings import database_url, server_env
@@ -41,7 +41,7 @@ def redis(stack: Stack) -> list[Service]:
             argv=("redis-server",),
             settings={
                 "protected-mode": "yes",
-                "requirepass": secret(credentials.REDIS_PASSWORD),
+                "requirepass": secret(stack_secrets.REDIS_PASSWORD),
                 "appendonly": "yes",
                 "appendfsync": "everysec",
                 "save": "",  # no RDB snapshots: the append-only file is the persistence
@@ -62,7 +62,7 @@ def db_init(stack: Stack) -> Service:
     }
     if local:
         env["PREFECTSTACK_DB_ADMIN_URL"] = (
-            f"postgresql://postgres:{secret(credentials.POSTGRES_SUPERUSER_PASSWORD)}"
+            f"postgresql://postgres:{secret(stack_secrets.POSTGRES_SUPERUSER_PASSWORD)}"
             f"@{address('postgres')}/postgres"
         )
     return Service(

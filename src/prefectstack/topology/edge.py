@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from prefectstack.stack.model import Stack
-from prefectstack.topology import credentials
+from prefectstack.topology import stack_secrets
 from prefectstack.topology.caddyfile import edge_caddyfile
 from prefectstack.topology.placeholders import (
     BIND_HOST,
@@ -38,7 +38,7 @@ def auth(stack: Stack) -> list[Service]:
         return []
     keys = [
         {"name": service_key_label(name), "role": role, "key": secret(name)}
-        for name, (_label, role) in credentials.SERVICE_KEYS.items()
+        for name, (_label, role) in stack_secrets.SERVICE_KEYS.items()
     ]
     return [
         Service(
@@ -51,7 +51,7 @@ def auth(stack: Stack) -> list[Service]:
                 "PREFECTSTACK_AUTH_DIR": directory("auth"),
                 "PREFECTSTACK_PUBLIC_URL": public_url(stack),
                 "PREFECTSTACK_SESSION_HOURS": str(stack.auth.session_hours),
-                "PREFECTSTACK_ADMIN_PASSWORD": secret(credentials.ADMIN_PASSWORD),
+                "PREFECTSTACK_ADMIN_PASSWORD": secret(stack_secrets.ADMIN_PASSWORD),
                 "PREFECTSTACK_SERVICE_KEYS": json.dumps(keys),
                 # The websocket relay's upstreams: the API processes, tried in turn.
                 "PREFECTSTACK_API_UPSTREAMS": " ".join(address(n) for n in api_names(stack)),

@@ -7,7 +7,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from prefectstack import layout
 from prefectstack.stack.model import WORKER_HEALTH_BASE_PORT, Stack
-from prefectstack.topology import credentials
+from prefectstack.topology import stack_secrets
 from prefectstack.topology.placeholders import EDGE_URL, address, directory, secret
 from prefectstack.topology.service import LOOPBACK
 
@@ -98,7 +98,7 @@ def database_url(stack: Stack, *, plain: bool = False) -> str:
         if _with_password(pg.url):
             return secret(EXTERNAL_DATABASE_URL_PLAIN if plain else EXTERNAL_DATABASE_URL)
         return _external_database_url(stack, scheme)
-    return (f"{scheme}://{pg.user}:{secret(credentials.POSTGRES_PASSWORD)}"
+    return (f"{scheme}://{pg.user}:{secret(stack_secrets.POSTGRES_PASSWORD)}"
             f"@{address('postgres')}/{pg.database}")
 
 
@@ -108,7 +108,7 @@ def redis_url(stack: Stack, db: int) -> str:
         if _with_password(stack.redis.url):
             return secret(EXTERNAL_REDIS_URLS[db])
         return _external_redis_url(stack, db)
-    return f"redis://:{secret(credentials.REDIS_PASSWORD)}@{address('redis')}/{db}"
+    return f"redis://:{secret(stack_secrets.REDIS_PASSWORD)}@{address('redis')}/{db}"
 
 
 def redis_env(stack: Stack) -> dict[str, str]:
@@ -128,7 +128,7 @@ def redis_env(stack: Stack) -> dict[str, str]:
 
 def api_auth_string() -> str:
     """What Prefect's server auth compares the Basic credentials of every API call with."""
-    return f"{credentials.API_USER}:{secret(credentials.API_PASSWORD)}"
+    return f"{stack_secrets.API_USER}:{secret(stack_secrets.API_PASSWORD)}"
 
 
 def server_env(stack: Stack, home: str, docket: str = SERVICES_DOCKET_NAME) -> dict[str, str]:
@@ -149,7 +149,7 @@ def server_env(stack: Stack, home: str, docket: str = SERVICES_DOCKET_NAME) -> d
 
 
 def service_key_label(key: str) -> str:
-    return credentials.SERVICE_KEYS[key][0]
+    return stack_secrets.SERVICE_KEYS[key][0]
 
 
 def client_env(stack: Stack, home: str, key: str) -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""Secrets are generated once, stored 0600 in the state dir, reused, and never printed."""
+"""The 0600 store of the stack's generated secrets (`secrets.json`): generated once, reused,
+never printed. (Not Prefect's Secret blocks that deployments declare: see deploy/.)"""
 
 from __future__ import annotations
 
