@@ -16,6 +16,7 @@ from prefectstack import tools
 from prefectstack.runtime import pgdata
 from prefectstack.runtime.binaries import postgres_bin_dir
 from prefectstack.runtime.probes import pg_ping
+from prefectstack.runtime.unprivileged import reachable_postgres
 
 from .conftest import cli, free_port, status, wait_for
 
@@ -29,10 +30,12 @@ APP_PASSWORD = "app-test-password"
 def external_pg(tmp_path: Path) -> Iterator[int]:
     """A PostgreSQL server started by hand, with a database and an owner role."""
     port = free_port()
-    bin_dir = postgres_bin_dir("embedded")
     data = tmp_path / "extpg" / "data"
     data.parent.mkdir()
     user = "prefectstack" if pgdata.is_root() else None
+    # As the stack would: linked where that account can reach it (never a chmod elsewhere).
+    bin_dir = (reachable_postgres("embedded", tmp_path / "runtime", user) if user
+               else postgres_bin_dir("embedded"))
     pgdata.prepare(data, bin_dir, user, SUPERUSER_PASSWORD)
     with open(tmp_path / "extpg" / "log", "ab") as log:
         proc = tools.spawn(

@@ -48,7 +48,7 @@ def prepare(stack: Stack, services: list[Service], layout: Layout, flows: Path) 
         if blocked is not None:
             raise state_dir_error(layout.root, user, blocked)
         if svc.role == "postgres":
-            out.postgres_bin = _postgres(stack, layout, user)
+            out.postgres_bin = reachable_postgres(stack.postgres.mode, layout.runtime_dir, user)
             out.programs["postgres"] = str(out.postgres_bin / "postgres")
         elif svc.role == "edge":
             out.programs["caddy"] = _caddy(layout, user)
@@ -57,8 +57,10 @@ def prepare(stack: Stack, services: list[Service], layout: Layout, flows: Path) 
     return out
 
 
-def _postgres(stack: Stack, layout: Layout, user: str) -> Path:
-    bin_dir = postgres_bin_dir(stack.postgres.mode)
+def reachable_postgres(mode: str, runtime_dir: Path, user: str) -> Path:
+    """PostgreSQL's bin dir as `user` can reach it: where it is installed, or linked under
+    `runtime_dir`."""
+    bin_dir = postgres_bin_dir(mode)
     if reach.can_execute(bin_dir / "postgres", user):
         return bin_dir
     # The whole installation (bin, lib, share): PostgreSQL finds the rest relative to bin.
@@ -67,7 +69,7 @@ def _postgres(stack: Stack, layout: Layout, user: str) -> Path:
     # their places relative to each other.
     install = bin_dir.parent
     package = install.parent
-    base = layout.runtime_dir / "postgres"
+    base = runtime_dir / "postgres"
     key = bin_dir / "postgres"
     libs = package.parent / f"{package.name}.libs"
     if libs.is_dir():
