@@ -110,7 +110,7 @@ def _up_detached(loaded: LoadedStack, stack_path: str | None) -> None:
 
     state_dir = loaded.state_dir
     local.check_not_running(state_dir)
-    ports.check_free(topology.build(loaded.stack))
+    ports.check_free(topology.build(loaded.stack), loaded.stack.edge.listen_addresses)
     layout = Layout(state_dir)
     layout.logs.mkdir(parents=True, exist_ok=True)
     source = str(click.format_filename(stack_path)) if stack_path else ""

@@ -227,7 +227,7 @@ def run(loaded: LoadedStack, *, foreground: bool, on_ready: Callable[[], None]) 
         check_not_running(state_dir)  # raises with the running pid
     cleanup_stale(state_dir)
     try:
-        ports.check_free(services)
+        ports.check_free(services, loaded.stack.edge.listen_addresses)
         layout, resolve, program_paths = prepare(loaded, services)
         launcher = LocalLauncher(loaded, layout, resolve, program_paths)
         sup = Supervisor(services, launcher, RealProber(), time.monotonic)
