@@ -123,28 +123,6 @@ def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.5) -
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
 
 
-@pytest.fixture(scope="session", autouse=True)
-def searchable_basetemp(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Run as root, the stack's unprivileged account (PostgreSQL, the edge) must reach state
-    dirs under pytest's temp dirs, which pytest makes 0700. The test run, not prefectstack,
-    opens its own dirs for search by others (never read); prefectstack itself refuses a
-    state dir that account can't reach, and changes nothing outside it."""
-    if os.geteuid() != 0:
-        return
-    base = tmp_path_factory.getbasetemp()
-    for directory in (base.parent, base):
-        if directory.stat().st_uid == os.geteuid():
-            directory.chmod(directory.stat().st_mode | 0o001)
-    make = tmp_path_factory.mktemp
-
-    def mktemp(basename: str, numbered: bool = True) -> Path:
-        path = make(basename, numbered)
-        path.chmod(path.stat().st_mode | 0o001)
-        return path
-
-    tmp_path_factory.mktemp = mktemp  # type: ignore[method-assign]
-
-
 @pytest.fixture(scope="module")
 def stack_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A stack directory with its own free ports; torn down whatever happens."""

@@ -1,0 +1,43 @@
+"""Shared by every test layer."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+SYSTEM_STATE_ROOT = Path("/var/lib/prefectstack")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def searchable_basetemp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Run as root, the stack's unprivileged account (PostgreSQL, the edge) must reach state
+    dirs under pytest's temp dirs, which pytest makes 0700 (else prefectstack refuses them,
+    or moves a default state dir to /var/lib/prefectstack). The test run, not prefectstack,
+    opens its own dirs for search by others (never read). At the end, no test may have
+    left state in /var/lib/prefectstack."""
+    had_system_state = SYSTEM_STATE_ROOT.exists()
+    if os.geteuid() == 0:
+        _open_temp_dirs(tmp_path_factory)
+    yield
+    if not had_system_state and SYSTEM_STATE_ROOT.exists():
+        raise AssertionError(f"a test left state in {SYSTEM_STATE_ROOT}: its temp dir was "
+                             "out of reach of the stack's account")
+
+
+def _open_temp_dirs(tmp_path_factory: pytest.TempPathFactory) -> None:
+    base = tmp_path_factory.getbasetemp()
+    for directory in (base.parent, base):
+        mode = directory.stat().st_mode
+        if directory.stat().st_uid == os.geteuid() and not mode & 0o001:
+            directory.chmod(mode | 0o001)
+    make = tmp_path_factory.mktemp
+
+    def mktemp(basename: str, numbered: bool = True) -> Path:
+        path = make(basename, numbered)
+        path.chmod(path.stat().st_mode | 0o001)
+        return path
+
+    tmp_path_factory.mktemp = mktemp  # type: ignore[method-assign]
