@@ -160,6 +160,12 @@ def test_the_ui_is_not_asked_for_the_apis_own_password(edge: Edge) -> None:
     with edge.client(edge.key("viewer")) as client:
         settings = client.get("/ui-settings")
         flows = client.post("/api/flows/filter", json={})
+        server = client.get("/api/admin/settings")
+    # The server's settings (the UI shows them to viewers) without a credential in them.
+    assert server.status_code == 200, server.text
+    assert server.json()["server"]["docket"]["url"].startswith("redis://:********@")
+    secrets = json.loads((edge.root / "state" / "secrets.json").read_text())
+    assert not [name for name, value in secrets.items() if value in server.text]
     assert settings.status_code == 200 and settings.json()["auth"] is None
     assert settings.json()["api_url"] == f"{edge.base}/api"
     assert flows.status_code == 200

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -381,3 +382,25 @@ def test_only_a_request_let_through_carries_the_apis_own_credentials(tmp_path: P
         assert refused.status_code in (401, 403)
         assert UPSTREAM_AUTH_HEADER not in refused.headers
     assert "s3cret" not in (tmp_path / "audit.log").read_text()
+
+
+def test_server_settings_are_shown_with_every_credential_masked() -> None:
+    """What Prefect 3.8.8 answers at /api/admin/settings, in the places credentials sit:
+    the docket's and the database's URLs, and the server's auth string."""
+    from prefectstack.auth.app import MASK, masked
+
+    settings = {"server": {
+        "docket": {"name": "prefect-api", "url": "redis://:r3dis@127.0.0.1:16379/1"},
+        "database": {"connection_url": "postgresql+asyncpg://prefect:pg-pw@db:5432/prefect",
+                     "password": "pg-pw"},
+        "api": {"auth_string": "prefectstack:api-pw", "url": "http://127.0.0.1:4200/api"},
+        "events": {"messaging": ["redis://user:pw2@cache:6379/0"]},
+        "ui": {"api_url": "https://localhost:4200/api"}}}
+    shown = masked(settings)
+    text = json.dumps(shown)
+    for secret in ("r3dis", "pg-pw", "api-pw", "pw2"):
+        assert secret not in text
+    assert shown["server"]["docket"]["url"] == f"redis://:{MASK}@127.0.0.1:16379/1"
+    assert shown["server"]["api"]["url"] == "http://127.0.0.1:4200/api"  # nothing to hide
+    assert shown["server"]["ui"] == settings["server"]["ui"]
+    assert shown["server"]["docket"]["name"] == "prefect-api"

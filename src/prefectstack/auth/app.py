@@ -8,6 +8,7 @@ sign-in page for a browser navigation), 403 or 429 is sent back to the client by
 from __future__ import annotations
 
 import base64
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -328,6 +329,51 @@ class UiSettings:
         return JSONResponse({"detail": "no API process answered"}, 502)
 
 
+SETTINGS_PATH = "/api/admin/settings"
+MASK = "********"
+_SECRET_KEYS = ("password", "secret", "auth_string", "api_key", "token")
+
+
+def masked(value: object, key: str = "") -> object:
+    """Prefect's server settings with every credential hidden: keys that name one, and the
+    password in any URL (Prefect shows `server.docket.url` with Redis's password)."""
+    if isinstance(value, dict):
+        return {k: masked(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [masked(v, key) for v in value]
+    if isinstance(value, str):
+        if value and any(word in key.lower() for word in _SECRET_KEYS):
+            return MASK
+        return _URL_PASSWORD.sub(rf"\1{MASK}@", value)
+    return value
+
+
+_URL_PASSWORD = re.compile(r"([a-z][a-z0-9+.-]*://[^/@:\s]*:)[^@/\s]+@", re.IGNORECASE)
+
+
+class ServerSettings:
+    """`GET /api/admin/settings` through the edge (after its checks): the API's answer with
+    credentials masked. The UI shows it to everyone signed in, viewers included."""
+
+    def __init__(self, upstreams: Upstreams, authorization: str | None) -> None:
+        self.upstreams = upstreams
+        self.headers = {"Authorization": authorization} if authorization else {}
+
+    async def handle(self, request: Request) -> Response:
+        import httpx
+
+        for address in self.upstreams.in_turn():
+            try:
+                async with httpx.AsyncClient(timeout=10, headers=self.headers) as client:
+                    answer = await client.get(f"http://{address}{SETTINGS_PATH}")
+                settings = answer.json()
+            except (httpx.HTTPError, ValueError):
+                continue
+            if answer.status_code == 200:
+                return JSONResponse(masked(settings), headers={"Cache-Control": "no-store"})
+        return JSONResponse({"detail": "no API process answered"}, 502)
+
+
 def create_app(
     store: Store,
     audit: AuditLog,
@@ -354,4 +400,6 @@ def create_app(
                       api_token=service.config.api_auth_string)
         routes.append(WebSocketRoute("/api/{path:path}", relay.handle))
         routes.append(Route(UI_SETTINGS_PATH, UiSettings(upstreams).handle, methods=["GET"]))
+        settings = ServerSettings(upstreams, service.config.api_authorization)
+        routes.append(Route(SETTINGS_PATH, settings.handle, methods=["GET"]))
     return Starlette(routes=routes)

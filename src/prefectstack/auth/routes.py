@@ -29,7 +29,7 @@ _ROWS: list[tuple[str, str, Access, Kind, bool, str]] = [
     ("GET", "/api/version", V, R, WK, ""),
     ("GET", "/api/csrf-token", V, R, WK, "the Prefect client asks for it when CSRF is on"),
     ("GET", "/api/admin/settings", V, R, False,
-     "the UI loads it for everyone; it shows the docket's Redis URL (open: issue 9)"),
+     "the UI loads it for everyone; served by the auth service with credentials masked"),
     ("GET", "/api/admin/version", V, R, WK, "client/server version check"),
     ("GET", "/api/admin/storage", V, R, WK, "default result storage"),
     ("PUT", "/api/admin/storage", A, W, False, ""),

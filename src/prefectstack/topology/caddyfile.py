@@ -203,6 +203,10 @@ def _routes(proxy: str, auth: str, flows_dir: str, *, client_ip: bool, pinned: s
 \t\thandle /ui-settings {{
 \t\t\treverse_proxy {auth}
 \t\t}}
+\t\t# The server's settings (the UI shows them), with the credentials in them masked.
+\t\thandle /api/admin/settings {{
+\t\t\treverse_proxy {auth}
+\t\t}}
 \t\t# Flow source files, read-only (/flows/* is the Prefect UI's own page).
 \t\thandle_path /flow-files/* {{
 \t\t\troot * {flows_dir}
