@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -91,12 +92,30 @@ def _stop_supervisor(pid: int, state_dir: Path) -> None:
     deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
         if not state.supervisor_alive(state_dir):
+            # It lets go of its lock just before it exits: wait for the exit itself, so
+            # that when `down` returns no process of the stack is left, the supervisor's
+            # own included.
+            _wait_gone(pid, deadline)
             local.cleanup_stale(state_dir)  # normally nothing is left; make sure
             return
         time.sleep(0.2)
     os.kill(pid, signal.SIGKILL)
     local.cleanup_stale(state_dir)
     raise StackError(f"the supervisor (pid {pid}) did not stop in time and was killed")
+
+
+def _wait_gone(pid: int, deadline: float) -> None:
+    import psutil
+
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return  # exited; its parent (gone too) may never reap it
+        except psutil.NoSuchProcess:
+            return
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
 
 
 def _delete_data(state_dir: Path, yes: bool) -> None:
