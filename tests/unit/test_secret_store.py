@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from prefectstack.errors import StackError
-from prefectstack.runtime import secret_store
+from prefectstack.runtime import files, secret_store
 
 FILE = "secrets.json"  # the name `down --volumes` keeps and the compose README documents
 URL_SAFE = re.compile(r"^[A-Za-z0-9_-]{43}$")  # token_urlsafe(32)
@@ -148,7 +148,7 @@ def test_a_failed_write_keeps_the_old_file_and_removes_the_temporary_one(
     def fail(src: object, dst: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(secret_store.os, "replace", fail)
+    monkeypatch.setattr(files.os, "replace", fail)
     with pytest.raises(OSError, match="disk full"):
         secret_store.ensure(tmp_path, {"a_password", "b_password"})
     assert (tmp_path / FILE).read_bytes() == content

@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from prefectstack.runtime import state
+from prefectstack.runtime import files, state
 
 FILE = "state.json"
 
@@ -113,7 +113,7 @@ def test_a_failed_write_keeps_the_previous_state(
     def fail(src: object, dst: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(state.os, "replace", fail)
+    monkeypatch.setattr(files.os, "replace", fail)
     with pytest.raises(OSError, match="disk full"):
         state.write(tmp_path, replace(_state(), phase="stopping"))
     monkeypatch.undo()

@@ -9,12 +9,12 @@ nothing was started yet, or the stack was started before backends were recorded.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from prefectstack.errors import StackError
 from prefectstack.layout import Layout
+from prefectstack.runtime.files import write_atomic
 
 LOCAL = "local"
 COMPOSE = "compose"
@@ -35,9 +35,7 @@ class Record:
 def write(state_dir: Path, record: Record) -> None:
     path = Layout(state_dir).backend_file
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(asdict(record), indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(asdict(record), indent=2, sort_keys=True) + "\n", 0o644)
 
 
 def read(state_dir: Path) -> Record:

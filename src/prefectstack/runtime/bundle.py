@@ -3,11 +3,11 @@ backend, which renders its project into the state dir before starting it."""
 
 from __future__ import annotations
 
-import os
 from importlib import resources
 from pathlib import Path
 
 from prefectstack.render import Bundle
+from prefectstack.runtime.files import write_atomic
 
 
 def write_bundle(bundle: Bundle, out_dir: Path) -> list[Path]:
@@ -32,13 +32,5 @@ def write_bundle(bundle: Bundle, out_dir: Path) -> list[Path]:
 
 
 def _write_atomic(path: Path, text: str, mode: int) -> Path:
-    """tmp + rename: a reader never sees half a file, and a private file is never, even
-    briefly, readable by others (its mode is set when it is created)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.chmod(tmp, mode)  # O_CREAT's mode is filtered by the umask; an old tmp kept its own
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, text, mode)

@@ -3,34 +3,19 @@ never printed. (Not Prefect's Secret blocks that deployments declare: see deploy
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import secrets
-import tempfile
 from pathlib import Path
 
 from prefectstack.apikeys import new_api_key
 from prefectstack.errors import StackError
 from prefectstack.layout import SECRETS_FILE
+from prefectstack.runtime.files import write_atomic
 
 
 def _write_private(path: Path, text: str) -> None:
-    """Write atomically with mode 0600 from the first byte (no window with wider access).
-
-    The temporary file is a new one (O_EXCL, mode 0600, a unique name beside `path`): a
-    leftover from a crash, whatever its mode, is never reused and renamed over `path`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    """Atomically, and 0600 from the first byte (no window with wider access)."""
+    write_atomic(path, text, 0o600)
 
 
 def load(state_dir: Path) -> dict[str, str]:

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +11,7 @@ from typing import Any
 import psutil
 
 from prefectstack.layout import LOCK_FILE, STATE_FILE
+from prefectstack.runtime.files import write_atomic
 
 
 @dataclass
@@ -54,21 +52,9 @@ class StackState:
 
 
 def write(state_dir: Path, state: StackState) -> None:
-    """Replace the state file atomically: a reader sees the old state or the new one. The
-    temporary file has a unique name, so two writers never share (or half-write) one."""
-    path = state_dir / STATE_FILE
-    fd, tmp = tempfile.mkstemp(dir=state_dir, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        # mkstemp makes it 0600; the state file holds no secret, and stays readable by
-        # others as a plain write gave it under the usual umask.
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(state.to_json())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    """Replace the state file atomically: a reader sees the old state or the new one. It
+    holds no secret and stays readable by others, as a plain write left it."""
+    write_atomic(state_dir / STATE_FILE, state.to_json(), 0o644)
 
 
 def read(state_dir: Path) -> StackState | None:
