@@ -14,4 +14,6 @@ if ! command -v chromium >/dev/null 2>&1; then
 fi
 # -c requirements.lock: exactly the tested versions (README, "The dependency lock")
 python -m pip install -q -c requirements.lock -e ".[test]"
-exec python -m pytest "$@"
+# Two test processes, each taking whole modules (a module keeps its one stack): integration
+# tests mostly wait on real services, so two stacks side by side fit on two cores.
+exec python -m pytest -n 2 --dist loadfile "$@"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,7 +30,11 @@ def searchable_basetemp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
 
 def _open_temp_dirs(tmp_path_factory: pytest.TempPathFactory) -> None:
     base = tmp_path_factory.getbasetemp()
-    for directory in (base.parent, base):
+    # pytest-of-<user>/pytest-N/, plus popen-gwK/ under pytest-xdist: every level pytest made
+    # (above those, only what sits under the system's temp dir; the rest is not ours).
+    system_tmp = Path(tempfile.gettempdir()).resolve()
+    levels = [base, *(d for d in base.parents if system_tmp in d.parents)]
+    for directory in reversed(levels):
         mode = directory.stat().st_mode
         if directory.stat().st_uid == os.geteuid() and not mode & 0o001:
             directory.chmod(mode | 0o001)

@@ -5,8 +5,9 @@ show up, `--watch` ends, cancel kills the process, pause/resume, `flow.serve()`,
 tasks, automations, concurrency limits and retries. Everything goes through the edge (TLS
 against the stack's CA, forward_auth and the websocket relay) with Prefect's own client and
 CLI: a `developer` key deploys, an `operator` key runs, `worker` keys execute, and a `viewer`
-key is refused every change, each refusal audited. The whole module runs twice: on the
-default stack and with two API processes behind the edge. At the end no service's log may
+key is refused every change, each refusal audited. The whole module runs twice: here on the
+default stack, and in test_promises_two_apis.py with two API processes behind the edge (a
+module of its own, so that the two can run side by side). At the end no service's log may
 hold an unexpected ERROR, a traceback or a dropped docket task (`Unknown task`).
 """
 
@@ -203,10 +204,13 @@ deploy(three_tasks, "nobody", pool="nobody-pool")
 """
 
 
-@pytest.fixture(scope="module", params=[1, 2], ids=["one-api", "two-apis"])
-def stack(request: pytest.FixtureRequest,
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    replicas: int = request.param
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The default stack, one API process (test_promises_two_apis.py: the same with two)."""
+    yield from running_stack(tmp_path_factory, replicas=1)
+
+
+def running_stack(tmp_path_factory: pytest.TempPathFactory, replicas: int) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp(f"promises-{replicas}")
     ports = {k: free_port() for k in ("pg", "redis", "api", "worker", "https", "http", "auth")}
     # The bundled hello example on a short interval: the scheduler must create its runs.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import time
 from pathlib import Path
 
 from prefectstack import tools
@@ -16,12 +17,22 @@ def is_root() -> bool:
 
 
 def ensure_os_user(name: str) -> pwd.struct_passwd:
-    try:
-        return pwd.getpwnam(name)
-    except KeyError:
-        tools.run(["useradd", "--system", "--no-create-home",
-                   "--shell", "/usr/sbin/nologin", name])
-        return pwd.getpwnam(name)
+    """The account, created on first use. Two stacks starting at once may both try: the
+    loser's `useradd` fails (the account exists, or /etc/passwd is locked for a moment), so
+    a failure counts only if the account still doesn't exist after a few tries."""
+    for attempt in range(6):
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            pass
+        try:
+            tools.run(["useradd", "--system", "--no-create-home",
+                       "--shell", "/usr/sbin/nologin", name])
+        except StackError:
+            if attempt == 5:
+                raise
+            time.sleep(0.2 * (attempt + 1))  # another useradd holds /etc/passwd's lock
+    return pwd.getpwnam(name)
 
 
 def prepare(
