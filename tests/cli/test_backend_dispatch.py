@@ -109,7 +109,8 @@ def test_status_of_a_compose_stack(stack_file: Path, state_dir: Path, calls: Pat
     assert compose_calls(calls) == ["ps --all --format json"]
     assert {k: v for k, v in data.items() if k != "services"} == {
         "backend": "compose", "stack": "demo", "ui_url": "https://localhost:4200",
-        "project_dir": str(state_dir / "compose"), "running": True, "phase": "ready"}
+        "project_dir": str(state_dir / "compose"), "running": True, "phase": "ready",
+        "health": "healthy"}
     assert data["services"][0] == {
         "service": "edge", "name": "demo-edge-1", "state": "running", "health": "healthy",
         "exit_code": 0, "status": "Up 5 minutes (healthy)"}
@@ -117,6 +118,22 @@ def test_status_of_a_compose_stack(stack_file: Path, state_dir: Path, calls: Pat
     assert human.exit_code == 0, human.output
     assert "stack `demo` (Docker Compose): ready" in human.stdout
     assert "demo-migrate-1" in human.stdout
+
+
+def test_status_of_a_failed_compose_stack_exits_5(
+    stack_file: Path, state_dir: Path, calls: Path, tmp_path: Path
+) -> None:
+    """The exit codes of `status` mean the same for both backends: a migration that exited
+    with an error is a failed stack (5), not a running one (0)."""
+    started(stack_file, state_dir)
+    rows = [PS[0], PS[1] | {"ExitCode": 1, "Status": "Exited (1) 5 minutes ago"}]
+    (tmp_path / "ps.json").write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    result = invoke("status", "--json", "-f", str(stack_file))
+    assert result.exit_code == 5, result.output
+    assert json.loads(result.stdout)["health"] == "failed"
+    human = invoke("status", "-f", str(stack_file))
+    assert human.exit_code == 5
+    assert "health: failed" in human.stdout
 
 
 def test_logs_of_a_compose_stack(stack_file: Path, state_dir: Path, calls: Path) -> None:

@@ -75,6 +75,25 @@ def test_phase(containers: list[Container], expected: str) -> None:
     assert compose.phase(containers) == expected
 
 
+@pytest.mark.parametrize(("containers", "expected"), [
+    ([], "stopped"),
+    ([_c("exited"), _c("exited", exit_code=1)], "stopped"),
+    ([_c("running", "healthy"), _c("exited")], "healthy"),  # a finished one-shot job
+    ([_c("running"), _c("running", "starting")], "degraded"),
+    ([_c("running"), _c("restarting")], "degraded"),
+    ([_c("running"), _c("running", "unhealthy")], "degraded"),
+    ([_c("running"), _c("exited", exit_code=2)], "failed"),  # e.g. migrations failed
+    ([_c("running"), _c("dead")], "failed"),
+])
+def test_health_words_match_the_local_backend(containers: list[Container],
+                                              expected: str) -> None:
+    """`status` exits with the same codes for a Compose stack as for a local one."""
+    from prefectstack.cli.status import HEALTH_EXIT_CODES
+
+    assert compose.health(containers) == expected
+    assert expected in HEALTH_EXIT_CODES
+
+
 def test_without_a_rendered_project_there_is_nothing_to_run(tmp_path: Path) -> None:
     assert compose.project_dir(tmp_path) is None
     assert compose.containers(tmp_path) == []  # docker is not even asked

@@ -140,10 +140,10 @@ def status(stack_path: str | None, as_json: bool) -> None:
     state_dir = locate_state_dir(stack_path)
     record = backend.read(state_dir)
     if record.backend == backend.COMPOSE:
-        _show_compose(state_dir, record, as_json)
-        return
-    data = snapshot(state_dir)
-    _show_local(data, as_json)
+        data = _show_compose(state_dir, record, as_json)
+    else:
+        data = snapshot(state_dir)
+        _show_local(data, as_json)
     code = HEALTH_EXIT_CODES[data["health"]]
     if code:
         # SystemExit, not ctx.exit: the CLI runs click with standalone_mode=False, which
@@ -185,21 +185,24 @@ def _show_local(data: dict[str, Any], as_json: bool) -> None:
         console.out(f"health: {data['health']}")
 
 
-def _show_compose(state_dir: Path, record: Record, as_json: bool) -> None:
+def _show_compose(state_dir: Path, record: Record, as_json: bool) -> dict[str, Any]:
     from prefectstack.runtime import compose
 
     data = compose.snapshot(state_dir, record)
     if as_json:
         console.json_out(data)
-        return
+        return data
     if not data["services"]:
         console.out("stack is not running (Docker Compose)")
-        return
+        return data
     console.out(f"stack `{data['stack']}` (Docker Compose): {data['phase']}   "
                 f"UI: {data['ui_url']}")
     rows = [[s["service"], s["name"], s["state"], s["health"] or "-", s["status"]]
             for s in data["services"]]
     console.table(["service", "container", "state", "health", "status"], rows)
+    if data["health"] != "healthy":
+        console.out(f"health: {data['health']}")
+    return data
 
 
 COMMANDS = [status]

@@ -169,6 +169,20 @@ def phase(containers: list[Container]) -> str:
     return "ready"
 
 
+def health(containers: list[Container]) -> str:
+    """The same words as a local stack's health, for the same exit codes of `status`:
+    stopped (nothing runs), failed (a container exited with an error or is dead: Compose
+    gave up on it or it was never meant to restart, like a failed migration), degraded
+    (restarting, unhealthy or still starting), healthy otherwise."""
+    current = phase(containers)
+    if current == "stopped":
+        return "stopped"
+    if any(c.state == "dead" or (c.state == "exited" and c.exit_code != 0)
+           for c in containers):
+        return "failed"
+    return "healthy" if current == "ready" else "degraded"
+
+
 def containers(state_dir: Path) -> list[Container]:
     project = project_dir(state_dir)
     if project is None:
@@ -184,7 +198,7 @@ def snapshot(state_dir: Path, record: backend.Record) -> dict[str, Any]:
     return {
         "backend": backend.COMPOSE, "stack": record.stack, "ui_url": record.ui_url,
         "project_dir": str(Layout(state_dir).compose_dir), "running": current != "stopped",
-        "phase": current, "services": [asdict(c) for c in found],
+        "phase": current, "health": health(found), "services": [asdict(c) for c in found],
     }
 
 
