@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
-import signal
-import time
 from pathlib import Path
 
 import click
@@ -15,8 +11,6 @@ from prefectstack import console
 from prefectstack.cli.options import stack_file
 from prefectstack.errors import StackError
 from prefectstack.layout import Layout
-
-STOP_TIMEOUT_SECONDS = 90
 
 
 @click.command()
@@ -38,25 +32,22 @@ def down(stack_path: str | None, volumes: bool, yes: bool) -> None:
 
 
 def _down_local(state_dir: Path, volumes: bool, yes: bool) -> None:
-    from prefectstack.runtime import local, state
+    from prefectstack.runtime import state, stopping
 
     current = state.read(state_dir)
-    if state.supervisor_alive(state_dir) and current is not None:
-        _stop_supervisor(current.supervisor_pid, state_dir)
+    stopped, cleaned = stopping.stop(state_dir)
+    if stopped:
         console.out("stack stopped")
+    elif cleaned:
+        console.warn("the supervisor had died; stopped leftover " + ", ".join(cleaned))
+    elif current is not None and current.phase == "failed":
+        console.out(f"the stack had failed and was stopped ({current.message}); "
+                    "removed its state")
+    elif current is not None:
+        console.warn("the supervisor had died and its services with it; "
+                     "removed its leftover state")
     else:
-        # Waits until every leftover process has exited (PostgreSQL after a clean shutdown).
-        cleaned = local.cleanup_stale(state_dir)
-        if cleaned:
-            console.warn("the supervisor had died; stopped leftover " + ", ".join(cleaned))
-        elif current is not None and current.phase == "failed":
-            console.out(f"the stack had failed and was stopped ({current.message}); "
-                        "removed its state")
-        elif current is not None:
-            console.warn("the supervisor had died and its services with it; "
-                         "removed its leftover state")
-        else:
-            console.out("stack is not running")
+        console.out("stack is not running")
     if volumes:
         _delete_data(state_dir, yes)
 
@@ -80,42 +71,6 @@ def _down_compose(state_dir: Path, volumes: bool, yes: bool) -> None:
         console.out("stack stopped (Docker Compose)" + (", volumes deleted" if volumes else ""))
     else:
         console.out("stack is not running")
-
-
-def _stop_supervisor(pid: int, state_dir: Path) -> None:
-    from prefectstack.runtime import local, state
-
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        if not state.supervisor_alive(state_dir):
-            # It lets go of its lock just before it exits: wait for the exit itself, so
-            # that when `down` returns no process of the stack is left, the supervisor's
-            # own included.
-            _wait_gone(pid, deadline)
-            local.cleanup_stale(state_dir)  # normally nothing is left; make sure
-            return
-        time.sleep(0.2)
-    os.kill(pid, signal.SIGKILL)
-    local.cleanup_stale(state_dir)
-    raise StackError(f"the supervisor (pid {pid}) did not stop in time and was killed")
-
-
-def _wait_gone(pid: int, deadline: float) -> None:
-    import psutil
-
-    while time.monotonic() < deadline:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return  # exited; its parent (gone too) may never reap it
-        except psutil.NoSuchProcess:
-            return
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
 
 
 def _delete_data(state_dir: Path, yes: bool) -> None:
