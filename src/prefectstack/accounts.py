@@ -10,6 +10,14 @@ import stat
 from pathlib import Path
 
 _SEARCH = (stat.S_IXUSR, stat.S_IXGRP, stat.S_IXOTH)
+FLOWS_SUFFIX = "-flows"
+
+
+def flows_account(os_user: str) -> str:
+    """The account the workers, and so every flow run, run as when the stack runs as root:
+    `<postgres.os_user>-flows` (`prefectstack-flows`), an account of its own, so that flow
+    code can read neither PostgreSQL's data nor what the edge keeps (its CA key)."""
+    return f"{os_user}{FLOWS_SUFFIX}"
 
 
 def ids(user: str) -> tuple[int | None, set[int]]:

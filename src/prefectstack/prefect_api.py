@@ -147,6 +147,22 @@ class PrefectApi:
             for d in docs if d.get("name")
         ]
 
+    async def read_flow_runs_in(self, state_types: list[str]) -> list[dict[str, Any]]:
+        """Flow runs whose state has one of these types (`PENDING`, `RUNNING`, ...)."""
+        return await self._pages(
+            "/flow_runs/filter", "reading flow runs",
+            {"flow_runs": {"state": {"type": {"any_": state_types}}}, "sort": "ID_DESC"},
+        )
+
+    async def propose_flow_run_state(self, run_id: str, state: dict[str, Any]) -> str:
+        """Propose a state (never forced: Prefect's orchestration rules still apply, so a
+        run that finished meanwhile stays finished); the answer's status (`ACCEPT`, ...)."""
+        answer = await self._call(
+            "POST", "/flow_runs/{id}/set_state", f"setting the state of flow run {run_id}",
+            json={"state": state, "force": False}, path={"id": run_id},
+        )
+        return str((answer or {}).get("status", ""))
+
     # -- writes --------------------------------------------------------------------------
 
     async def create_work_pool(self, body: dict[str, Any], *, exists_ok: bool = False) -> bool:

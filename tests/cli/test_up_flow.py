@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from prefectstack import tools
-from prefectstack.cli import cli
+from prefectstack.cli import cli, progress
 from prefectstack.cli import up as up_cli
 from prefectstack.deploy import apply
 from prefectstack.runtime import backend, local, ports, state
@@ -45,8 +45,12 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool]]:
 def test_foreground_applies_on_a_thread_after_the_summary(
     stack_file: Path, calls: list[tuple[str, bool]], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    def run(_loaded: LoadedStack, *, foreground: bool, on_ready: Callable[[], None]) -> int:
+    def run(_loaded: LoadedStack, *, foreground: bool, on_ready: Callable[[], None],
+            on_state: Callable[[state.StackState], None]) -> int:
         assert foreground and calls == []
+        on_state(snapshot("starting", postgres="starting", migrate="pending"))
+        on_state(snapshot("starting", postgres="ready", migrate="starting"))
+        on_state(snapshot("ready", postgres="ready", migrate="completed"))
         on_ready()  # what the supervisor's loop does once every service is ready
         return 0
 
@@ -55,6 +59,40 @@ def test_foreground_applies_on_a_thread_after_the_summary(
     assert result.exit_code == 0, result.output
     assert calls == [("summary", False), ("apply", True)]
     assert backend.read(stack_file.parent / "state").backend == backend.LOCAL
+    # not a terminal: plain lines, each service once as it comes up, then the summary
+    lines = [line.split(" | ", 1)[1] for line in result.stderr.splitlines()]
+    assert lines[0].startswith("postgres ready after ") and lines[0].endswith("s (1/2)")
+    assert lines[1].startswith("migrate completed after ") and lines[1].endswith("s (2/2)")
+    assert lines[2].startswith("stack ready in ")
+    assert lines[2].endswith("s: 1 services ready; 1 jobs completed")
+    assert len(lines) == 3
+
+
+def test_foreground_failure_ends_with_a_summary_of_what_failed(
+    stack_file: Path, calls: list[tuple[str, bool]], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def run(_loaded: LoadedStack, *, foreground: bool, on_ready: Callable[[], None],
+            on_state: Callable[[state.StackState], None]) -> int:
+        on_state(snapshot("starting", postgres="ready", migrate="backoff"))
+        on_state(snapshot("failed", postgres="stopped", migrate="failed"))
+        return 1
+
+    monkeypatch.setattr(local, "run", run)
+    result = CliRunner().invoke(cli, ["up", "-f", str(stack_file)])
+    assert result.exit_code == 1 and calls == []
+    lines = [line.split(" | ", 1)[1] for line in result.stderr.splitlines()]
+    assert lines[1].startswith("migrate restarting (restart 1) after ")
+    assert lines[2].startswith("migrate failed (exit code 1) after ")
+    assert lines[3].startswith("stack failed after ") and lines[3].endswith(": migrate")
+
+
+def snapshot(phase: str, **states: str) -> state.StackState:
+    return state.StackState(
+        stack="demo", source="", supervisor_pid=os.getpid(), supervisor_started=0.0,
+        phase=phase, services=[
+            state.ServiceState(name=name, kind="oneshot" if name == "migrate" else "daemon",
+                               state=value, last_exit=1 if value == "failed" else None)
+            for name, value in states.items()])
 
 
 def test_detached_applies_before_returning(
@@ -62,9 +100,16 @@ def test_detached_applies_before_returning(
 ) -> None:
     me = os.getpid()
 
+    states = iter([snapshot("starting", postgres="starting", migrate="pending"),
+                   snapshot("starting", postgres="ready", migrate="starting")])
+
     def read(_state_dir: Path) -> state.StackState:
-        return state.StackState(stack="demo", source="", supervisor_pid=me,
-                                supervisor_started=0.0, phase="ready", message="a note")
+        found = next(states, None)
+        if found is not None:
+            return found
+        done = snapshot("ready", postgres="ready", migrate="completed")
+        done.message = "a note"
+        return done
 
     def noop(*_args: Any, **_kwargs: Any) -> None:
         return None
@@ -73,7 +118,32 @@ def test_detached_applies_before_returning(
     monkeypatch.setattr(ports, "check_free", noop)
     monkeypatch.setattr(tools, "spawn_detached", lambda *_a, **_k: me)
     monkeypatch.setattr(state, "read", read)
+    monkeypatch.setattr(up_cli, "POLL_SECONDS", 0)
     result = CliRunner().invoke(cli, ["up", "--detach", "-f", str(stack_file)])
     assert result.exit_code == 0, result.output
     assert calls == [("summary", True), ("apply", False)]
     assert "warning: a note" in result.stderr
+    progress = [line.split(" | ", 1)[1] for line in result.stderr.splitlines() if " | " in line]
+    assert progress[0].startswith("supervisor started in the background")
+    assert [line.split(" after ")[0].split(" in ")[0] for line in progress[1:]] == [
+        "postgres ready", "migrate completed", "stack ready"]
+
+
+def test_on_a_terminal_rich_draws_the_lines_under_a_spinner(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    now = [100.0]
+    shown = progress.StartProgress(terminal=True, clock=lambda: now[0])
+    shown.update(snapshot("starting", postgres="starting", migrate="pending"))
+    assert shown._status is not None, "a spinner names what is still starting"
+    now[0] += 2.5
+    shown.update(snapshot("starting", postgres="ready", migrate="starting"))
+    now[0] += 1.0
+    shown.finish(snapshot("ready", postgres="ready", migrate="completed"))
+    assert shown._status is None, "the spinner is gone before the summary"
+    shown.update(snapshot("ready", postgres="backoff", migrate="completed"))  # after: quiet
+    err = capsys.readouterr().err
+    assert "postgres ready after 2.5s (1/2)" in err
+    assert "migrate completed after 3.5s (2/2)" in err
+    assert "stack ready in 3.5s: 1 services ready; 1 jobs completed" in err
+    assert "backoff" not in err and "restarting" not in err

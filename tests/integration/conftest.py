@@ -171,3 +171,25 @@ def log_problems(logs_dir: Path, allowed: tuple[tuple[str, str], ...] = ()) -> l
             if "Unknown task" in line or (_PROBLEM.search(line) and not record_allowed):
                 problems.append(f"{path.name}: {line[:300]}")
     return problems
+
+
+# -- where flow runs may write ----------------------------------------------------------------
+
+FLOWS_ACCOUNT = "prefectstack-flows"
+
+
+def flows_writable(path: Path) -> Path:
+    """`path` (a directory, made if missing) given to the stack's flow runs to write in. Run
+    as root they run as the flows account (issue 9), which may write only where it is given
+    the right, as an operator would give it: the tree is chowned to it. A no-op as a normal
+    user (flows run as you). Call it after `up`, which creates the account."""
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        import pwd
+
+        entry = pwd.getpwnam(FLOWS_ACCOUNT)
+        for directory, _dirs, files in os.walk(path):
+            os.chown(directory, entry.pw_uid, entry.pw_gid)
+            for name in files:
+                os.chown(os.path.join(directory, name), entry.pw_uid, entry.pw_gid)
+    return path

@@ -24,7 +24,15 @@ import yaml
 
 from prefectstack.stack.model import Stack
 
-from .conftest import api_password, cli, direct_api, free_port, stack_yaml, wait_for
+from .conftest import (
+    api_password,
+    cli,
+    direct_api,
+    flows_writable,
+    free_port,
+    stack_yaml,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -326,6 +334,7 @@ def test_a_git_sourced_deployment_runs_on_the_stacks_worker(
     git("add", ".", cwd=repos / "checkout")
     git("commit", "-m", "a flow", cwd=repos / "checkout")
     git("push", "origin", "main", cwd=repos / "checkout")
+    flows_writable(repos / "flows.git")  # git refuses a repository of another owner
     url = f"file://{repos / 'flows.git'}"
     config = config_of(stack)
     config["deployments"].append({

@@ -21,9 +21,19 @@ import psutil
 import pytest
 
 import prefectstack.flows
+from prefectstack.flows.shell import SHELL_COMMAND_ENV
 from prefectstack.flows.windows import WINDOWS_QUEUE
 
-from .conftest import api_password, cli, direct_api, free_port, stack_yaml, status, wait_for
+from .conftest import (
+    api_password,
+    cli,
+    direct_api,
+    flows_writable,
+    free_port,
+    stack_yaml,
+    status,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -41,6 +51,12 @@ DEPLOYMENTS: dict[str, dict[str, Any]] = {
     "ingestion.py:ingest_records": {},
     "windows.py:windows_command": {"work_queue_name": WINDOWS_QUEUE},
 }
+# More deployments of the same flows: (entrypoint, name, options). A shell deployment's
+# command is the deployment's own (a job variable), never a run parameter.
+MORE_DEPLOYMENTS: list[tuple[str, str, dict[str, Any]]] = [
+    ("shell.py:shell_command", "doomed",
+     {"job_variables": {"env": {SHELL_COMMAND_ENV: "echo boom; exit 7"}}}),
+]
 
 
 @dataclass
@@ -62,10 +78,21 @@ def get(platform: Platform, path: str) -> Any:
     return httpx.get(f"{platform.api}{path}", timeout=30).raise_for_status().json()
 
 
-def create_run(platform: Platform, deployment: str, parameters: dict[str, Any]) -> str:
+def create_run(platform: Platform, deployment: str, parameters: dict[str, Any],
+               job_variables: dict[str, Any] | None = None) -> str:
     found = get(platform, f"/deployments/name/{deployment}")
-    run = post(platform, f"/deployments/{found['id']}/create_flow_run", {"parameters": parameters})
+    body: dict[str, Any] = {"parameters": parameters}
+    if job_variables is not None:
+        body["job_variables"] = job_variables
+    run = post(platform, f"/deployments/{found['id']}/create_flow_run", body)
     return str(run["id"])
+
+
+def shell_run(platform: Platform, command: str, **parameters: Any) -> str:
+    """A run of shell-command/lib with `command`: a developer's one-off (these calls use the
+    API's own credentials), overriding the deployment's job variables for this run."""
+    return create_run(platform, "shell-command/lib", parameters,
+                      job_variables={"env": {SHELL_COMMAND_ENV: command}})
 
 
 def flow_run(platform: Platform, run_id: str) -> dict[str, Any]:
@@ -142,10 +169,11 @@ async def register(pool: str) -> None:
     from prefectstack.jobs.examples import ensure_pool
 
     await ensure_pool(pool)
-    for entrypoint, options in DEPLOYMENTS.items():
+    every = [(e, "lib", o) for e, o in DEPLOYMENTS.items()] + MORE_DEPLOYMENTS
+    for entrypoint, name, options in every:
         flow = await Flow.afrom_source(str(FLOWS_DIR), entrypoint)
         await flow.adeploy(
-            name="lib", work_pool_name=pool, tags=["flow-library-test"],
+            name=name, work_pool_name=pool, tags=["flow-library-test"],
             build=False, push=False, print_next_steps=False, **options,
         )
 
@@ -191,12 +219,12 @@ def ingestion_parameters(data: Path) -> dict[str, Any]:
 def submit_independent_runs(platform: Platform) -> None:
     data = platform.data
     platform.runs |= {
-        "shell-fail": create_run(platform, "shell-command/lib", {
-            "command": "echo alpha-1; echo alpha-2; echo alpha-3 >&2; exit 3", "tail_lines": 2,
-        }),
-        "shell-timeout": create_run(platform, "shell-command/lib", {
-            "command": "echo started; sleep 171; echo never", "timeout_seconds": 3,
-        }),
+        # the run's args are data: printed back, never run
+        "shell-fail": shell_run(
+            platform, """printf 'arg:%s\\n' "$@"; echo alpha-1; echo alpha-2; echo alpha-3 >&2; """
+            "exit 3", tail_lines=2, args=[f"$(touch {data}/pwned)", "a b; touch x", "-n"]),
+        "shell-timeout": shell_run(platform, "echo started; sleep 171; echo never",
+                                   timeout_seconds=3),
         "content-clean": create_run(platform, "content-verification/lib", {
             "folder": str(data / "clean"),
         }),
@@ -206,8 +234,7 @@ def submit_independent_runs(platform: Platform) -> None:
         "fan-out": create_run(platform, "fan-out/lib", {
             "calls": [
                 {"deployment": "hello/lib", "parameters": {"name": "fan-out"}},
-                {"deployment": "shell-command/lib", "label": "doomed",
-                 "parameters": {"command": "echo boom; exit 7"}},
+                {"deployment": "shell-command/doomed", "label": "doomed"},
             ],
             "timeout_seconds": 150,
             "poll_interval_seconds": 1,
@@ -237,6 +264,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
                              f"prefectstack:{api_password(root)}")
         platform = Platform(root=root, api=api, data=root / "data")
         prepare_data(platform.data)
+        flows_writable(platform.data)  # the ingestion flow writes its output there
         submit_independent_runs(platform)
         yield platform
     finally:
@@ -251,7 +279,7 @@ def test_deployments_registered_in_the_pool(platform: Platform) -> None:
         "deployments": {"tags": {"all_": ["flow-library-test"]}},
     })
     assert {d["work_pool_name"] for d in deployments} == {POOL}
-    assert len(deployments) == len(DEPLOYMENTS)
+    assert len(deployments) == len(DEPLOYMENTS) + len(MORE_DEPLOYMENTS)
     windows = get(platform, "/deployments/name/windows-command/lib")
     assert windows["work_queue_name"] == WINDOWS_QUEUE
 
@@ -261,9 +289,9 @@ def test_shell_streams_lines_while_running(platform: Platform, tmp_path: Path) -
     # first line in the API: proof that lines arrive while the command still runs.
     command = (
         "echo before-gate; echo on-stderr >&2; n=0; "
-        "while [ ! -f gate ] && [ $n -lt 600 ]; do sleep 0.2; n=$((n+1)); done; echo after-gate"
+        'while [ ! -f "$1" ] && [ $n -lt 600 ]; do sleep 0.2; n=$((n+1)); done; echo after-gate'
     )
-    run_id = create_run(platform, "shell-command/lib", {"command": command, "cwd": str(tmp_path)})
+    run_id = shell_run(platform, command, args=[str(tmp_path / "gate")])
     logs_with(platform, run_id, "before-gate")
     assert flow_run(platform, run_id)["state"]["type"] == "RUNNING"
     (tmp_path / "gate").touch()
@@ -279,6 +307,11 @@ def test_shell_failure_quotes_the_tail(platform: Platform) -> None:
     text = message(run)
     assert "exited with code 3" in text
     assert "alpha-2\nalpha-3" in text and "alpha-1" not in text  # tail_lines=2
+    messages = logs_with(platform, run["id"], "alpha-1")
+    data = platform.data
+    assert [m for m in messages if m.startswith("arg:")] == [
+        f"arg:$(touch {data}/pwned)", "arg:a b; touch x", "arg:-n"]
+    assert not (data / "pwned").exists()
 
 
 def test_shell_timeout_kills_the_command(platform: Platform) -> None:

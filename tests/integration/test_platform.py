@@ -142,7 +142,7 @@ def shell_run(stack_dir: Path, first_up: FirstUp) -> ShellRun:
     _ensure_running(stack_dir)
     base = api(stack_dir)
     run_id = run_deployment(
-        base, "shell-command/shell", {"command": "for i in 1 2 3; do echo line-$i; done"}
+        base, "shell-command/shell", {"args": ["line-1", "line-2", "line-3"]}
     )
     state = final_state(base, run_id)
     if state == "COMPLETED":
@@ -166,7 +166,8 @@ def test_up_detach_reaches_ready(first_up: FirstUp) -> None:
     assert states == {
         "postgres": "ready", "redis": "ready", "db-init": "completed", "migrate": "completed",
         "api-1": "ready", "services": "ready", "auth": "ready", "edge": "ready",
-        "pools": "completed", "worker-1": "ready", "examples": "completed",
+        "pools": "completed", "worker-1": "ready", "reconcile": "ready",
+        "examples": "completed",
     }
 
 
@@ -258,7 +259,7 @@ def test_worker_runs_deployment_and_logs_are_stored(
 
 def test_failing_command_fails_the_run(stack_dir: Path, running: dict[str, Any]) -> None:
     base = api(stack_dir)
-    run_id = run_deployment(base, "shell-command/shell", {"command": "echo doomed; exit 3"})
+    run_id = run_deployment(base, "shell-command/shell", {"args": ["doomed;", "exit 3"]})
     assert final_state(base, run_id) == "FAILED"
 
 

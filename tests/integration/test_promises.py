@@ -36,7 +36,15 @@ import pytest
 import websockets
 from websockets.asyncio.client import connect as ws_connect
 
-from .conftest import cli, free_port, log_problems, stack_yaml, status, wait_for
+from .conftest import (
+    cli,
+    flows_writable,
+    free_port,
+    log_problems,
+    stack_yaml,
+    status,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -487,7 +495,7 @@ emit_event(event="prefectstack.test.ping", resource={{"prefect.resource.id": "te
 
 
 def test_deployment_concurrency_limit_holds_under_five_simultaneous_runs(stack: Stack) -> None:
-    journal = stack.root / f"exclusive-{time.time_ns()}.txt"
+    journal = flows_writable(stack.root / "out") / f"exclusive-{time.time_ns()}.txt"
     runs = [stack.run("exclusive/exclusive", {"journal": str(journal), "seconds": 3})
             for _ in range(5)]
     for run_id in runs:
@@ -498,7 +506,7 @@ def test_deployment_concurrency_limit_holds_under_five_simultaneous_runs(stack: 
 def test_global_concurrency_limit_is_honored(stack: Stack) -> None:
     name = f"promises-gcl-{time.time_ns()}"
     stack.post("/v2/concurrency_limits/", {"name": name, "limit": 1}, role="developer")
-    journal = stack.root / f"{name}.txt"
+    journal = flows_writable(stack.root / "out") / f"{name}.txt"
     runs = [stack.run("global-slot/global-slot",
                       {"journal": str(journal), "limit": name, "seconds": 2})
             for _ in range(3)]
@@ -515,7 +523,7 @@ def _assert_no_overlap(journal: Path, count: int) -> None:
 
 
 def test_retries_happen(stack: Stack) -> None:
-    marker = stack.root / f"flaky-{time.time_ns()}"
+    marker = flows_writable(stack.root / "out") / f"flaky-{time.time_ns()}"
     run_id = stack.run("flaky/flaky", {"marker": str(marker)})
     assert stack.finished(run_id)["state"]["type"] == "COMPLETED"
     tasks = wait_for(lambda: (t := stack.task_runs(run_id)) and t[0]["run_count"] >= 2

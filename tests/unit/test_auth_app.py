@@ -128,16 +128,35 @@ def test_viewer_key_reads_but_cannot_change(edge: Edge) -> None:
     assert (line.status, line.key_prefix, line.role) == (403, prefix, "viewer")
 
 
-def test_operator_triggers_a_run_and_it_is_audited_without_secrets(edge: Edge) -> None:
+def test_operator_schedules_runs_and_it_is_audited_without_secrets(edge: Edge) -> None:
     key = edge.store.create_key("ops", Role.OPERATOR)
-    uri = "/api/deployments/0b6c/create_flow_run?token=secret-in-query"
+    uri = "/api/deployments/0b6c/schedule?token=secret-in-query"
     assert edge.verify("POST", uri, bearer(key))[0] == 200
     (line,) = edge.audit()
     assert (line.status, line.method, line.path) == (
-        200, "POST", "/api/deployments/0b6c/create_flow_run",
+        200, "POST", "/api/deployments/0b6c/schedule",
     )  # fmt: skip
     text = edge.audit_path.read_text()
     assert key not in text and key[13:] not in text and "secret-in-query" not in text
+
+
+def test_body_checked_writes_never_pass_forward_auth_below_developer(edge: Edge) -> None:
+    """The edge sends these to the auth service's body check; one reaching forward_auth took
+    a path the edge's matcher missed (a trailing slash, say): refused unless the body cannot
+    matter for the role."""
+    operator = edge.store.create_key("ops", Role.OPERATOR)
+    worker = edge.store.create_key("wk", Role.WORKER)
+    developer = edge.store.create_key("dev", Role.DEVELOPER)
+    run = "/api/deployments/0b6c/create_flow_run"
+    for key, method, uri in ((operator, "POST", run), (operator, "POST", run + "/"),
+                             (worker, "POST", run), (worker, "PATCH", "/api/flow_runs/0b6c"),
+                             (worker, "POST", "/api/flow_runs/")):
+        status, _, body = edge.verify(method, uri, bearer(key))
+        assert status == 403 and "body check" in body, (method, uri, body)
+    for method, uri in (("POST", run), ("PATCH", "/api/flow_runs/0b6c")):
+        assert edge.verify(method, uri, bearer(developer))[0] == 200
+    # the run's labels are not a body-checked route
+    assert edge.verify("PATCH", "/api/flow_runs/0b6c/labels", bearer(worker))[0] == 200
 
 
 def test_basic_auth_with_user_password_or_with_a_key(edge: Edge) -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import stat
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -119,3 +121,110 @@ def test_terminal_view_cannot_be_forged_or_driven() -> None:
         "/api/x\\x0a2026-01-01 admin 200 DELETE"
     assert printable("/api/\x1b[2J") == "/api/\\x1b[2J"
     assert printable("/api/flows/ä") == "/api/flows/ä"
+
+
+class Clock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now.timestamp()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def at(moment: datetime, n: int, **kw: Any) -> Record:
+    return replace(record(n, **kw), time=moment.isoformat(timespec="milliseconds"))
+
+
+def test_lines_older_than_the_retention_are_pruned(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    start = datetime(2025, 1, 1, tzinfo=UTC)
+    size = len(at(start, 1000).to_json()) + 1
+    log = AuditLog(path, max_bytes=size * 3, backups=5)
+    for day in range(0, 120, 10):  # twelve lines, three per file, one every ten days
+        log.write(at(start + timedelta(days=day), 1000 + day))
+    assert len(list(read(path))) == 12
+    assert len(files(path)) == 4
+    clock = Clock(start + timedelta(days=125))
+    AuditLog(path, max_bytes=size * 3, backups=5, retention_days=90, clock=clock).prune()
+    kept = [r.moment for r in read(path)]
+    assert kept == [start + timedelta(days=d) for d in range(40, 120, 10)]
+    # a file of old lines is gone, a file with old and new lines is cut
+    assert len(files(path)) == 3
+    for file in files(path):
+        assert stat.S_IMODE(file.stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "audit.log", "audit.log.1", "audit.log.2"]  # no temporary file left
+
+
+def test_pruning_runs_when_opened_and_hourly_on_write(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    start = datetime(2025, 1, 1, tzinfo=UTC)
+    AuditLog(path).write(at(start, 1))
+    day3 = start + timedelta(days=3)
+    clock = Clock(day3)
+    log = AuditLog(path, retention_days=1, clock=clock)  # opening prunes
+    assert list(read(path)) == []
+
+    def write_at(moment: datetime, n: int) -> None:
+        clock.now = moment.timestamp()
+        log.write(at(moment, n))
+
+    write_at(day3, 2)
+    write_at(day3 + timedelta(days=1, minutes=-10), 3)  # prunes (an hour since): nothing old
+    write_at(day3 + timedelta(days=1, minutes=10), 4)  # 20 min since: no prune, 2 stays
+    assert len(list(read(path))) == 3
+    write_at(day3 + timedelta(days=1, hours=1), 5)
+    assert [r.path for r in read(path)] == [f"/api/deployments/{n}/create_flow_run"
+                                            for n in (3, 4, 5)]
+
+
+def test_without_a_retention_nothing_is_pruned_by_age(tmp_path: Path) -> None:
+    # the CLI's own writes (`cli:<user>`) must not prune with a retention it doesn't know
+    path = tmp_path / "audit.log"
+    AuditLog(path).write(at(datetime(2000, 1, 1, tzinfo=UTC), 1))
+    AuditLog(path).write(record(2))
+    assert len(list(read(path))) == 2
+    with pytest.raises(ValueError):
+        AuditLog(path, retention_days=0)
+
+
+def anonymous(n: int, client: str = "198.51.100.9") -> Record:
+    return record(n, identity=None, status=401, client=client, reason="credentials required",
+                  path="/api/" + "x" * 16_000)
+
+
+def test_a_flood_of_anonymous_refusals_cannot_rotate_legitimate_lines_away(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "audit.log"
+    clock = Clock(datetime(2025, 1, 1, tzinfo=UTC))
+    # a small log: 64 KB, 2 backups; the flood would be ~4 MB of capped lines
+    log = AuditLog(path, max_bytes=64 * 1024, backups=2, clock=clock)
+    log.write(record(1, minute=0))  # the legitimate line
+    for n in range(5000):  # ~70 s of flood
+        clock.now += 0.014
+        log.write(anonymous(n, client=f"198.51.100.{n % 200}"))
+    log.write(record(2, minute=2))  # and a change after it
+    lines = list(read(path))
+    assert [r.identity for r in lines].count("alice") == 2  # both legitimate lines survive
+    logged = [r for r in lines if r.path.startswith("/api/x")]
+    counted = [r for r in lines if r.path == "(anonymous refusals, counted)"]
+    assert 50 <= len(logged) <= 60  # the burst, then about 6 a minute
+    assert 1 <= len(counted) <= 3  # a summary at most once a minute, and before the change
+    total = len(logged) + sum(int(r.reason.split()[0]) for r in counted)
+    assert total == 5000
+    assert "401 x" in counted[-1].reason and "200 addresses" in counted[-1].reason
+    assert lines[-1].identity == "alice" and lines[-2] == counted[-1]
+
+
+def test_refusals_of_known_callers_are_always_written(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    log = AuditLog(path, anonymous_burst=1, anonymous_per_minute=0)
+    for n in range(20):
+        log.write(record(n, identity="key:pfs_ab12cd34", status=403))
+    log.write(anonymous(1))
+    log.write(anonymous(2))
+    log.flush()
+    lines = list(read(path))
+    assert len([r for r in lines if r.status == 403]) == 20
+    assert "1 more anonymous refusals" in lines[-1].reason

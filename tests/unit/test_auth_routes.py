@@ -12,9 +12,11 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from prefectstack.auth.bodies import body_rule, needs_body_check
 from prefectstack.auth.policy import decide, matching_rules, render_markdown
 from prefectstack.auth.roles import Access, Kind, Role
 from prefectstack.auth.routes import RULES
@@ -93,7 +95,6 @@ def is_read(method: str, path: str) -> bool:
 
 # Reads a viewer is refused on purpose (see the notes in routes.py).
 VIEWER_DENIED_READS = {
-    ("POST", "/api/block_documents/filter"),  # the body can ask for secrets
     ("POST", "/api/templates/validate"),  # renders templates: an authoring tool
     ("POST", "/api/automations/templates/validate"),
 }
@@ -297,3 +298,32 @@ def test_docs_table_is_generated_from_the_rules() -> None:
         "regenerate: python -c 'from prefectstack.auth.policy import render_markdown; "
         'open("docs/auth-roles.md", "w").write(render_markdown())\''
     )
+
+
+BLOCK_LIST = "/api/block_documents/filter"
+
+
+def test_the_block_list_is_a_viewer_read_whose_body_is_checked_for_secrets() -> None:
+    """The UI's Blocks and Event Feed pages list blocks (POST .../filter) for every role;
+    Prefect reads `include_secrets` from that body, so the auth service checks it there."""
+    for role in (Role.VIEWER, Role.OPERATOR, Role.DEVELOPER, Role.WORKER):
+        assert decide(role, "POST", BLOCK_LIST).allowed, role
+    rule = body_rule("POST", BLOCK_LIST)
+    assert rule is not None
+    assert needs_body_check(Role.VIEWER, "POST", BLOCK_LIST) is rule
+    assert needs_body_check(Role.WORKER, "POST", BLOCK_LIST) is rule
+    assert needs_body_check(Role.DEVELOPER, "POST", BLOCK_LIST) is None
+    for role in (Role.VIEWER, Role.OPERATOR):
+        allowed: list[dict[str, Any]] = [
+            {}, {"include_secrets": False}, {"include_secrets": "false"},
+            {"include_secrets": 0}, {"include_secrets": None}, {"limit": 10}]
+        for body in allowed:
+            assert rule.check(role, body) is None, (role, body)
+        refused: list[dict[str, Any]] = [
+            {"include_secrets": True}, {"include_secrets": "true"},
+            {"include_secrets": 1}, {"include_secrets": "yes"},
+            {"include_secrets": " TRUE "}, {"include_secrets": [1]}]
+        for body in refused:
+            assert "may not read secrets" in (rule.check(role, body) or ""), (role, body)
+        assert rule.check(role, [{"include_secrets": True}]) is not None  # not an object
+    assert rule.check(Role.WORKER, {"include_secrets": True}) is None  # Block.load()

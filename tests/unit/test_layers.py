@@ -20,7 +20,7 @@ LAYERS: list[set[str]] = [
     {"topology"},  # Stack -> services
     {"render"},  # services -> files for other targets
     {"auth", "prefect_api", "flows"},  # the auth service, Prefect's API, the flow library
-    {"jobs"},  # one-shot programs the stack runs
+    {"jobs", "warm"},  # one-shot programs the stack runs; the warm worker
     {"runtime"},  # backends: processes on this host, docker compose
     {"deploy"},  # deployments as code (plan/apply)
     {"cli"},  # commands

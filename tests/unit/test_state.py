@@ -73,7 +73,8 @@ def test_read_without_a_file_is_none(tmp_path: Path) -> None:
     '{"stack": "demo", "unknown_field": 1}',
     json.dumps({**json.loads(_state().to_json()), "services": [{"name": "x"}]}),
     json.dumps({**json.loads(_state().to_json()), "services": [{"bogus": 1}]}),
-])
+], ids=["empty", "cut-short", "not-json", "fields-missing", "unknown-field",
+        "service-incomplete", "service-foreign"])  # stable ids: pytest-xdist compares them
 def test_a_corrupt_or_foreign_file_reads_as_none(tmp_path: Path, text: str) -> None:
     (tmp_path / FILE).write_text(text)
     assert state.read(tmp_path) is None
@@ -84,7 +85,8 @@ def test_a_corrupt_or_foreign_file_reads_as_none(tmp_path: Path, text: str) -> N
     b"\xff\xfe garbage", b'{"stack": "\xe9"}',                 # not UTF-8
     json.dumps({**json.loads(_state().to_json()), "services": 3}).encode(),
     json.dumps({**json.loads(_state().to_json()), "services": ["x"]}).encode(),
-])
+], ids=["list", "null", "string", "number", "garbage", "latin-1", "services-number",
+        "services-strings"])  # stable ids: pytest-xdist compares them
 def test_any_unreadable_content_reads_as_none(tmp_path: Path, content: bytes) -> None:
     (tmp_path / FILE).write_bytes(content)
     assert state.read(tmp_path) is None

@@ -10,6 +10,8 @@ from prefectstack import topology
 from prefectstack.runtime.supervisor import (
     ALIVE_READY_SECONDS,
     HEALTH_INTERVAL_SECONDS,
+    STARTING_PROBE_SECONDS,
+    STOP_POLL_SECONDS,
     Supervisor,
 )
 from prefectstack.stack.model import Stack
@@ -671,3 +673,74 @@ def test_each_spawn_is_announced_before_anything_can_wait() -> None:
     rig.tick(2)
     assert [(n, p) for n, p, _ in seen] == [("db", rig.launcher.proc("db").pid),
                                           ("api", rig.launcher.proc("api").pid)]
+
+
+# -- timers: when the driver must tick although nothing happens -------------------------------
+
+
+def test_a_ready_stack_sleeps_until_the_next_health_probe() -> None:
+    rig = Rig(small_stack())
+    bring_up(rig)
+    probed = {n: rig.sup.units[n].last_health_at for n in ("db", "api", "worker")}
+    assert rig.sup.next_deadline() == min(probed.values()) + HEALTH_INTERVAL_SECONDS
+    rig.clock.advance(HEALTH_INTERVAL_SECONDS)
+    rig.tick()
+    assert rig.sup.next_deadline() == rig.clock.now + HEALTH_INTERVAL_SECONDS
+
+
+def test_a_starting_daemon_is_probed_often_and_an_alive_one_once_its_time_is_up() -> None:
+    rig = Rig([daemon("api"), Service(name="loop", role="worker", kind="daemon", argv=("x",),
+                                      probe=Probe("alive"))])
+    rig.tick()
+    assert rig.sup.next_deadline() == rig.clock.now + STARTING_PROBE_SECONDS
+    rig.prober.ready.add("api")
+    rig.tick()
+    started = rig.sup.units["loop"].started_at
+    assert started is not None
+    assert rig.sup.next_deadline() == started + ALIVE_READY_SECONDS
+
+
+def test_a_oneshot_needs_no_timer_but_its_timeout_and_its_dependents_wait_for_its_exit() -> None:
+    job = oneshot("migrate", ready_timeout_seconds=600)
+    rig = Rig([job, daemon("api", "migrate")])
+    rig.tick()
+    started = rig.sup.units["migrate"].started_at
+    assert started is not None
+    deadline = rig.sup.next_deadline()
+    assert deadline is not None and 600 < deadline - started < 601
+    rig.clock.now = deadline
+    rig.tick()
+    assert rig.state("migrate") in ("stopping", "backoff", "failed"), "timed out at the deadline"
+
+
+def test_a_backoff_wakes_the_driver_when_it_ends() -> None:
+    rig = Rig([daemon("api")])
+    rig.tick()
+    rig.launcher.proc("api").exit(1)
+    rig.tick()
+    assert rig.state("api") == "backoff"
+    assert rig.sup.next_deadline() == rig.sup.units["api"].next_start_at
+    rig.clock.now = rig.sup.units["api"].next_start_at
+    rig.tick()
+    assert rig.launcher.started == ["api", "api"]
+
+
+def test_a_pending_unit_whose_dependencies_are_ready_is_due_now() -> None:
+    rig = Rig([daemon("db"), daemon("api", "db")])
+    rig.tick()
+    rig.prober.ready.add("db")
+    db = rig.sup.units["db"]
+    db.state, db.last_health_at = "ready", rig.clock.now  # as if it had passed outside a tick
+    assert rig.sup.next_deadline() == rig.clock.now
+
+
+def test_stopping_is_checked_on_a_short_period_and_a_stopped_stack_needs_no_timer() -> None:
+    rig = Rig(small_stack())
+    bring_up(rig)
+    rig.launcher.exits_on["worker"] = set()
+    rig.sup.begin_stop()
+    rig.tick()
+    assert rig.sup.next_deadline() == rig.clock.now + STOP_POLL_SECONDS
+    rig.launcher.proc("worker").exit(0)
+    rig.tick(4)
+    assert rig.sup.done and rig.sup.next_deadline() is None

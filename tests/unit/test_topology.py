@@ -78,7 +78,7 @@ def test_default_services() -> None:
     names = [s.name for s in topology.build(stack())]
     assert names == [
         "postgres", "redis", "db-init", "migrate", "api-1", "services", "auth", "edge",
-        "pools", "worker-1", "examples",
+        "pools", "worker-1", "reconcile", "examples",
     ]
     no_edge = [s.name for s in topology.build(stack(edge={"enabled": False}))]
     assert "edge" not in no_edge and "auth" not in no_edge
@@ -192,7 +192,8 @@ def test_no_literal_secrets_only_placeholders(data: dict[str, Any]) -> None:
     }
     assert topology.secret_names(services) - {
         "postgres_password", "postgres_superuser_password", "redis_password",
-    } <= {"admin_password", "worker_api_key", "deployer_api_key", "api_password"}
+    } <= {"admin_password", "worker_api_key", "deployer_api_key", "api_password",
+          "edge_secret"}
 
 
 @stacks

@@ -15,7 +15,8 @@ from pathlib import Path
 import uvicorn
 
 from prefectstack.auth.app import AuthConfig, create_app
-from prefectstack.auth.audit import AuditLog
+from prefectstack.auth.audit import RETENTION_DAYS, AuditLog
+from prefectstack.auth.gate import Gate
 from prefectstack.auth.roles import Role
 from prefectstack.auth.store import Store
 from prefectstack.auth.throttle import Throttle
@@ -51,12 +52,18 @@ def main() -> None:
         api_auth_string=os.environ.get("PREFECTSTACK_API_AUTH_STRING") or None,
     )
     upstreams = os.environ.get("PREFECTSTACK_API_UPSTREAMS", "").split()
-    app = create_app(store, AuditLog(directory / AUDIT_FILE), Throttle(), config,
-                     api_upstreams=upstreams)
+    days = float(os.environ.get("PREFECTSTACK_AUDIT_RETENTION_DAYS") or RETENTION_DAYS)
+    audit = AuditLog(directory / AUDIT_FILE, retention_days=days)
+    app = Gate(create_app(store, audit, Throttle(), config, api_upstreams=upstreams), audit,
+               edge_secret=os.environ.get("PREFECTSTACK_EDGE_SECRET"))
     # Websockets: the relay for Prefect's websockets (forward_auth's own checks of a
     # handshake arrive without their Upgrade header, as plain HTTP).
+    # proxy_headers off: uvicorn would take a loopback caller's X-Forwarded-For as its
+    # address; the app reads it itself, and only from the edge (auth/gate.py).
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False,
+                proxy_headers=False,
                 ws="websockets-sansio" if upstreams else "none")
+    audit.flush()  # the count of anonymous refusals not yet written
 
 
 if __name__ == "__main__":

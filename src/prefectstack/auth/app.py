@@ -22,8 +22,10 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from prefectstack.auth import credentials as creds
 from prefectstack.auth.audit import AuditLog, Record, now_iso
+from prefectstack.auth.bodies import needs_body_check
+from prefectstack.auth.guard import BodyGuard
 from prefectstack.auth.pages import CONTENT_SECURITY_POLICY, login_page
-from prefectstack.auth.policy import decide, split_uri
+from prefectstack.auth.policy import Decision, decide, split_uri
 from prefectstack.auth.relay import Relay, Upstreams
 from prefectstack.auth.store import SESSION_SECONDS, Identity, Store
 from prefectstack.auth.throttle import Throttle
@@ -126,10 +128,39 @@ class AuthService:
         headers = request.headers
         method = headers.get("x-forwarded-method", request.method).upper()
         uri = headers.get("x-forwarded-uri", "/")
+        judged = await self.judge(request, method, uri)
+        if isinstance(judged, Response):
+            return judged
+        if judged is None:
+            return Response(status_code=200)
+        identity, decision = judged
+        path, _ = split_uri(uri)
+        if needs_body_check(identity.role, method, path) is not None:
+            # The edge sends these to the auth service's body check (auth/guard.py); one
+            # that reached forward_auth instead took a path the edge did not route there.
+            reason = f"{decision.reason} only through the edge's body check"
+            self._record(request, method=method, path=path, status=403, identity=identity,
+                         reason=reason)
+            return JSONResponse({"detail": reason}, 403)
+        if decision.audited:
+            self._record(request, method=method, path=path, status=200, identity=identity,
+                         reason=decision.reason)
+        allowed = {USER_HEADER: identity.name, ROLE_HEADER: identity.role.value}
+        if self.config.api_authorization:
+            allowed[UPSTREAM_AUTH_HEADER] = self.config.api_authorization
+        return Response(status_code=200, headers=allowed)
+
+    async def judge(
+        self, request: Request, method: str, uri: str
+    ) -> tuple[Identity, Decision] | Response | None:
+        """Who asks and whether the route table lets them (refusals answered and audited
+        here): None for a public route, the identity and the decision when allowed (the
+        caller audits an allowed write), else the response to send."""
+        headers = request.headers
         path, _ = split_uri(uri)
         public = decide(None, method, uri)
         if public.allowed:
-            return Response(status_code=200)
+            return None
         outcome = await run_in_threadpool(
             creds.authenticate,
             self.store,
@@ -162,15 +193,7 @@ class AuthService:
         decision = decide(identity.role, method, uri)
         if not decision.allowed:
             return refuse(403, decision.reason)
-        if decision.audited:
-            reason = decision.reason
-            self._record(
-                request, method=method, path=path, status=200, identity=identity, reason=reason
-            )
-        allowed = {USER_HEADER: identity.name, ROLE_HEADER: identity.role.value}
-        if self.config.api_authorization:
-            allowed[UPSTREAM_AUTH_HEADER] = self.config.api_authorization
-        return Response(status_code=200, headers=allowed)
+        return identity, decision
 
     def _unauthenticated(
         self, request: Request, method: str, path: str, uri: str, outcome: creds.Outcome
@@ -244,12 +267,12 @@ class AuthService:
         ):
             self._login_record(request, 403, None, "cross-origin sign-in refused")
             return self._page(403, next_path=next_path, error="Sign in from this site's page.")
-        verdict = self.throttle.check(client)
+        verdict = self.throttle.check(client, username)
         if not verdict.allowed:
             return self._too_many(request, next_path, username, verdict.retry_after)
         identity = await run_in_threadpool(self.store.verify_password, username, password)
         if identity is None:
-            after = self.throttle.failure(client)
+            after = self.throttle.failure(client, username)
             if after.retry_after:
                 return self._too_many(request, next_path, username, after.retry_after)
             target = await run_in_threadpool(creds.attempted, self.store, username)
@@ -257,7 +280,7 @@ class AuthService:
             return self._page(
                 401, next_path=next_path, error="Wrong username or password.", username=username
             )
-        self.throttle.success(client)
+        self.throttle.success(client, username)
         token = await run_in_threadpool(
             self.store.create_session, identity.name, self.config.session_seconds
         )
@@ -402,4 +425,6 @@ def create_app(
         routes.append(Route(UI_SETTINGS_PATH, UiSettings(upstreams).handle, methods=["GET"]))
         settings = ServerSettings(upstreams, service.config.api_authorization)
         routes.append(Route(SETTINGS_PATH, settings.handle, methods=["GET"]))
+        guard = BodyGuard(service, upstreams)
+        routes.append(Route("/api/{path:path}", guard.handle, methods=["POST", "PATCH"]))
     return Starlette(routes=routes)

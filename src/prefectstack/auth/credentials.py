@@ -38,7 +38,7 @@ class Outcome:
 def _basic(value: str) -> tuple[str, str] | None:
     try:
         decoded = base64.b64decode(value.strip(), validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
+    except (binascii.Error, UnicodeDecodeError, ValueError):  # ValueError: not ASCII
         return None
     user, sep, secret = decoded.partition(":")
     return (user, secret) if sep else None
@@ -58,15 +58,15 @@ def attempted(store: Store, username: str) -> str:
 
 
 def _by_password(store: Store, throttle: Throttle, client: str, user: str, pw: str) -> Outcome:
-    verdict = throttle.check(client)
+    verdict = throttle.check(client, user)
     if not verdict.allowed:
         return Outcome(None, "too many failed sign-ins", verdict.retry_after)
     identity = store.verify_password(user, pw)
     if identity is None:
-        after = throttle.failure(client)
+        after = throttle.failure(client, user)
         failure = f"wrong password for {attempted(store, user)}"
         return Outcome(None, failure, after.retry_after)
-    throttle.success(client)
+    throttle.success(client, user)
     return Outcome(identity)
 
 
@@ -104,10 +104,15 @@ def client_address(headers: Mapping[str, str], peer: str | None, trust_forwarded
     return hops[-1] if hops else (peer or "unknown")
 
 
-def _origin_of(url: str) -> str:
-    parts = urlsplit(url)
-    host = (parts.hostname or "").lower()
-    port = parts.port
+def _origin_of(url: str) -> str | None:
+    """`scheme://host[:port]`, or None for what no browser sends (`https://localhost:abc`,
+    `https://[`): such an origin matches nothing, and is never a 500."""
+    try:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        port = parts.port
+    except ValueError:
+        return None
     if port is None or (parts.scheme, port) in (("https", 443), ("http", 80)):
         return f"{parts.scheme}://{host}"
     return f"{parts.scheme}://{host}:{port}"
@@ -137,7 +142,8 @@ def origin_allowed(
     origin = headers.get("origin")
     if origin is not None:
         expected = expected_origin(headers, public_origin)
-        return origin != "null" and expected is not None and _origin_of(origin) == expected
+        return (origin != "null" and expected is not None
+                and _origin_of(origin) == expected)
     if ambient and method.upper() not in SAFE_METHODS:
         return headers.get("sec-fetch-site", "").lower() == "same-origin"
     return True

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from prefectstack.auth.bodies import BODY_RULES, UNCHECKED_ACCESS
 from prefectstack.auth.roles import Access, Kind, Role, Rule, reaches
 from prefectstack.auth.routes import RULES, SECRET_ACCESS, SECRET_QUERY_PARAMETERS
 
@@ -28,7 +29,11 @@ class Decision:
 
 def split_uri(uri: str) -> tuple[str, str]:
     """The decoded path (as the upstream server will route it) and the raw query."""
-    parts = urlsplit(uri)
+    try:
+        parts = urlsplit(uri)
+    except ValueError:  # `//[...`: no valid authority; kept whole, it is no clean path
+        path, _, query = uri.partition("?")
+        return unquote(path) or "/", query
     return unquote(parts.path) or "/", parts.query
 
 
@@ -120,15 +125,19 @@ def render_markdown(rules: Sequence[Rule] = RULES) -> str:
         "events, heartbeats, task-run states) is audited only when denied. "
         "Every denied request is audited.",
         "",
-        "- `viewer`: reads everything but secrets (and the block list, whose request body can "
-        "ask for secrets out of the edge's sight); changes nothing.",
-        "- `operator`: viewer + runs deployments, cancels/retries/pauses/resumes runs, pauses and "
-        "resumes deployments and schedules, saves UI searches.",
+        "- `viewer`: reads everything but secrets (the block list too: the auth service "
+        "checks its body for `include_secrets`); changes nothing.",
+        "- `operator`: viewer + runs deployments (with parameters, never with `job_variables`), "
+        "cancels/retries/pauses/resumes runs, pauses and resumes deployments and schedules, "
+        "saves UI searches.",
         "- `developer`: operator + creates, updates and deletes deployments, flows, blocks, "
-        "variables, work pools and queues, automations and concurrency limits.",
+        "variables, work pools and queues, automations and concurrency limits; decides what "
+        "runs: overrides `job_variables` on a run, changes a run's parameters and "
+        "infrastructure.",
         "- `admin`: everything in the table (and, through the CLI, users and keys).",
         "- `worker`: what `prefect worker start` and the flow runs it starts call (poll, run, "
-        "report); it cannot create work pools, so the stack creates them.",
+        "report); it cannot create work pools, so the stack creates them, and of a flow run it "
+        "changes only the state and what the worker and engine record (see the body checks).",
         "",
         "Credentials: `Authorization: Bearer <key>` (PREFECT_API_KEY); `Authorization: Basic` "
         "(PREFECT_API_AUTH_STRING) as `<user>:<password>` or `<label>:<key>`; or the session "
@@ -139,6 +148,15 @@ def render_markdown(rules: Sequence[Rule] = RULES) -> str:
         "rows: Prefect's client authenticates them in-band (first message `{\"type\": "
         "\"auth\", \"token\": ...}`, the token being a key, `<label>:<key>` or "
         "`<user>:<password>`), or by the handshake's Authorization header or session cookie.",
+        "",
+        "Body checks: the edge's `forward_auth` never sees a request body, so the edge sends "
+        "these requests to the auth service, which judges them with the rows below and then, for "
+        f"a role below `{UNCHECKED_ACCESS.value}`, their JSON body (re-encoded as checked "
+        "before it reaches the API). Sent any other way, they are refused to those roles.",
+        "",
+        "| method | path | body rule |",
+        "|---|---|---|",
+        *(f"| {b.method} | `{_cell(b.pattern)}` | {_cell(b.note)} |" for b in BODY_RULES),
         "",
         "| method | path | minimum role | kind | worker | note |",
         "|---|---|---|---|---|---|",

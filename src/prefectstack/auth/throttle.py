@@ -1,11 +1,24 @@
-"""Slow down, then refuse, repeated failed sign-ins from one address.
+"""Slow down, then refuse, repeated failed sign-ins: per address and per account.
 
-Within a window, the first `free` failures cost nothing; after that each new attempt must
-wait twice as long as the one before (1 s, 2 s, 4 s, ...), and from `lock_after` failures
-the address is refused for `lockout` seconds. "Wait" means the attempt is answered 429 with
-Retry-After rather than held open, so an attacker cannot tie up the service with slow
-requests. A success clears the address. Only password attempts count: API keys and session
-tokens are 256-bit random values, and a valid key from a locked address still works.
+Per address: within a window, the first `free` failures cost nothing; after that each new
+attempt must wait twice as long as the one before (1 s, 2 s, 4 s, ...), and from
+`lock_after` failures the address is refused for `lockout` seconds. "Wait" means the attempt
+is answered 429 with Retry-After rather than held open, so an attacker cannot tie up the
+service with slow requests. A success clears the address.
+
+Per account (the username tried, known or not): the same ladder with its own, looser
+numbers, so that spraying one account from many addresses is slowed down too. An attacker
+must not be able to lock a person out with it, so the account lock is bounded twice:
+- it lasts `account_lockout` (15 minutes) after the failure that set it, at most; while it
+  holds, attempts are refused before any password is checked, so they don't extend it;
+- it never applies to an address the account signed in from successfully in the last
+  `remember` seconds (30 days): the person at their usual address still gets in, and still
+  under that address's own limit.
+A success does not clear the account's count (an attacker alongside the real user would
+get fresh attempts after each of their sign-ins); the failures age out of the window.
+
+Only password attempts count: API keys and session tokens are 256-bit random values, and a
+valid key from a locked address still works.
 """
 
 from __future__ import annotations
@@ -29,6 +42,62 @@ class _Failures:
     blocked_until: float = 0.0
 
 
+class _Ladder:
+    """Failures counted per key (an address or an account); not thread-safe on its own."""
+
+    def __init__(self, *, free: int, lock_after: int, window: float, lockout: float,
+                 max_keys: int) -> None:
+        self.free = free
+        self.lock_after = lock_after
+        self.window = window
+        self.lockout = lockout
+        self.max_keys = max_keys
+        self.entries: dict[str, _Failures] = {}
+
+    def check(self, key: str, now: float) -> Verdict:
+        entry = self._current(key, now)
+        if entry is None or entry.blocked_until <= now:
+            return Verdict(True)
+        return Verdict(False, max(1, math.ceil(entry.blocked_until - now)))
+
+    def failure(self, key: str, now: float) -> Verdict:
+        entry = self._current(key, now) or self._new(key)
+        entry.times.append(now)
+        count = len(entry.times)
+        if count >= self.lock_after:
+            entry.blocked_until = now + self.lockout
+        elif count > self.free:
+            entry.blocked_until = now + min(2.0 ** (count - self.free - 1), self.lockout)
+        else:
+            return Verdict(True)
+        return Verdict(False, max(1, math.ceil(entry.blocked_until - now)))
+
+    def clear(self, key: str) -> None:
+        self.entries.pop(key, None)
+
+    def _current(self, key: str, now: float) -> _Failures | None:
+        entry = self.entries.get(key)
+        if entry is None:
+            return None
+        entry.times = [t for t in entry.times if now - t < self.window]
+        if not entry.times and entry.blocked_until <= now:
+            del self.entries[key]
+            return None
+        return entry
+
+    def _new(self, key: str) -> _Failures:
+        if len(self.entries) >= self.max_keys:
+            # Forget the key tracked longest; a flood of keys must not grow memory.
+            self.entries.pop(next(iter(self.entries)))
+        entry = self.entries[key] = _Failures()
+        return entry
+
+
+def account_key(username: str) -> str:
+    """One counter for every spelling of a name that differs only in case or spaces."""
+    return username.strip().casefold()
+
+
 class Throttle:
     def __init__(
         self,
@@ -38,58 +107,73 @@ class Throttle:
         window: float = 15 * 60,
         lockout: float = 15 * 60,
         max_addresses: int = 10_000,
+        account_free: int = 5,
+        account_lock_after: int = 20,
+        account_window: float = 15 * 60,
+        account_lockout: float = 15 * 60,
+        max_accounts: int = 10_000,
+        remember: float = 30 * 24 * 3600,
+        max_remembered: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.free = free
-        self.lock_after = lock_after
-        self.window = window
-        self.lockout = lockout
-        self.max_addresses = max_addresses
         self._clock = clock
         self._lock = threading.Lock()
-        self._by_address: dict[str, _Failures] = {}
+        self._addresses = _Ladder(free=free, lock_after=lock_after, window=window,
+                                  lockout=lockout, max_keys=max_addresses)
+        self._accounts = _Ladder(free=account_free, lock_after=account_lock_after,
+                                 window=account_window, lockout=account_lockout,
+                                 max_keys=max_accounts)
+        self.remember = remember
+        self.max_remembered = max_remembered
+        self._known: dict[tuple[str, str], float] = {}  # (account, address) -> last success
 
-    def check(self, address: str) -> Verdict:
-        """May this address try a password now?"""
+    @property
+    def _by_address(self) -> dict[str, _Failures]:
+        return self._addresses.entries
+
+    @property
+    def _by_account(self) -> dict[str, _Failures]:
+        return self._accounts.entries
+
+    def check(self, address: str, account: str | None = None) -> Verdict:
+        """May this address try a password (for this account) now?"""
         now = self._clock()
         with self._lock:
-            entry = self._current(address, now)
-            if entry is None or entry.blocked_until <= now:
-                return Verdict(True)
-            return Verdict(False, max(1, math.ceil(entry.blocked_until - now)))
+            verdict = self._addresses.check(address, now)
+            if not verdict.allowed or account is None or self._is_known(account, address, now):
+                return verdict
+            return self._accounts.check(account_key(account), now)
 
-    def failure(self, address: str) -> Verdict:
+    def failure(self, address: str, account: str | None = None) -> Verdict:
         """Record a failed attempt; the verdict says when the next one may come."""
         now = self._clock()
         with self._lock:
-            entry = self._current(address, now) or self._new(address)
-            entry.times.append(now)
-            count = len(entry.times)
-            if count >= self.lock_after:
-                entry.blocked_until = now + self.lockout
-            elif count > self.free:
-                entry.blocked_until = now + 2.0 ** (count - self.free - 1)
-            else:
-                return Verdict(True)
-            return Verdict(False, max(1, math.ceil(entry.blocked_until - now)))
+            verdict = self._addresses.failure(address, now)
+            if account is None:
+                return verdict
+            by_account = self._accounts.failure(account_key(account), now)
+            if self._is_known(account, address, now):
+                return verdict
+            return max(verdict, by_account, key=lambda v: (not v.allowed, v.retry_after))
 
-    def success(self, address: str) -> None:
+    def success(self, address: str, account: str | None = None) -> None:
+        now = self._clock()
         with self._lock:
-            self._by_address.pop(address, None)
+            self._addresses.clear(address)
+            if account is None:
+                return
+            pair = (account_key(account), address)
+            self._known.pop(pair, None)
+            if len(self._known) >= self.max_remembered:
+                self._known.pop(next(iter(self._known)))  # the least recently successful
+            self._known[pair] = now
 
-    def _current(self, address: str, now: float) -> _Failures | None:
-        entry = self._by_address.get(address)
-        if entry is None:
-            return None
-        entry.times = [t for t in entry.times if now - t < self.window]
-        if not entry.times and entry.blocked_until <= now:
-            del self._by_address[address]
-            return None
-        return entry
-
-    def _new(self, address: str) -> _Failures:
-        if len(self._by_address) >= self.max_addresses:
-            # Forget the address tracked longest; a flood of addresses must not grow memory.
-            self._by_address.pop(next(iter(self._by_address)))
-        entry = self._by_address[address] = _Failures()
-        return entry
+    def _is_known(self, account: str, address: str, now: float) -> bool:
+        pair = (account_key(account), address)
+        last = self._known.get(pair)
+        if last is None:
+            return False
+        if now - last >= self.remember:
+            del self._known[pair]
+            return False
+        return True

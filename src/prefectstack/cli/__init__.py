@@ -20,7 +20,9 @@ def cli() -> None:
 def _register() -> None:
     from prefectstack.cli import (
         audit,
+        backup,
         deploy,
+        doctor,
         down,
         keys,
         logs,
@@ -32,7 +34,8 @@ def _register() -> None:
         worker,
     )
 
-    for module in (up, down, status, logs, schema, render, deploy, worker, users, keys, audit):
+    for module in (up, down, status, logs, schema, render, deploy, worker, users, keys, audit,
+                   backup, doctor):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -64,8 +64,14 @@ def render_compose(stack_path: str | None, out: str | None) -> None:
 @stack_file
 @output
 @click.option("--image", default=None, metavar="REF",
-              help="Image the cluster pulls for Prefect processes (default: the compose tag).")
-def render_kubernetes(stack_path: str | None, out: str | None, image: str | None) -> None:
+              help="An image built from `render compose`'s Dockerfile and pushed where the "
+                   "cluster pulls it (default: the published Prefect image, with "
+                   "prefectstack installed at pod start).")
+@click.option("--local-image", is_flag=True, default=False,
+              help="Run the compose tag (<name>-prefect:VERSION), which only a cluster "
+                   "sharing the local image store can pull (kind load, minikube).")
+def render_kubernetes(stack_path: str | None, out: str | None, image: str | None,
+                      local_image: bool) -> None:
     """Plain manifests for `kubectl apply -k` (default: deploy/kubernetes)."""
     from prefectstack.render import kubernetes
     from prefectstack.runtime import secret_store
@@ -75,7 +81,8 @@ def render_kubernetes(stack_path: str | None, out: str | None, image: str | None
     loaded = load_stack(stack_path)
     out_dir = _out_dir(loaded, out, "deploy/kubernetes")
     values = secret_store.ensure(loaded.state_dir, kubernetes.secret_names(loaded.stack))
-    bundle = _rendered(lambda: kubernetes.render(loaded.stack, values, image=image))
+    bundle = _rendered(lambda: kubernetes.render(loaded.stack, values, image=image,
+                                                 local_image=local_image))
     written = write_bundle(bundle, out_dir)
     _report("Kubernetes manifests", out_dir, written, sorted(bundle.private))
     console.out(f"  apply: kubectl apply -k {out_dir}")

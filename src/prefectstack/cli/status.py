@@ -143,7 +143,13 @@ def status(stack_path: str | None, as_json: bool) -> None:
         data = _show_compose(state_dir, record, as_json)
     else:
         data = snapshot(state_dir)
+        from prefectstack.cli.backup import last_backup, last_backup_line
+
+        if (backup := last_backup(state_dir)) is not None:
+            data["last_backup"] = backup  # only once a backup was attempted
         _show_local(data, as_json)
+        if not as_json and (line := last_backup_line(state_dir)):
+            console.out(line)
     code = HEALTH_EXIT_CODES[data["health"]]
     if code:
         # SystemExit, not ctx.exit: the CLI runs click with standalone_mode=False, which

@@ -10,14 +10,15 @@ import click
 
 from prefectstack import console
 from prefectstack.cli.options import stack_file
+from prefectstack.cli.progress import StartProgress
 from prefectstack.errors import StackError
 from prefectstack.layout import Layout
 
 if TYPE_CHECKING:
-    from prefectstack.runtime import state
     from prefectstack.stack.loader import LoadedStack
 
 READY_TIMEOUT_SECONDS = 900
+POLL_SECONDS = 0.3  # how often a detached `up` reads the state file while it waits
 
 
 def summary(loaded: LoadedStack, detached: bool) -> None:
@@ -97,13 +98,20 @@ def up(stack_path: str | None, detach: bool, backend_name: str) -> None:
 
     backend.write(loaded.state_dir, backend.Record(
         backend.LOCAL, stack=loaded.stack.name, ui_url=topology.public_url(loaded.stack)))
+    # In the foreground the services' log lines stream too: no spinner to draw over them.
+    progress = StartProgress(spinner=detach)
     if not detach:
-        code = local.run(loaded, foreground=True, on_ready=lambda: ready(loaded, False))
+        def on_ready() -> None:
+            progress.finish()
+            ready(loaded, False)
+
+        code = local.run(loaded, foreground=True, on_ready=on_ready, on_state=progress.update)
+        progress.finish()  # a start that failed: what came up and what did not
         sys.exit(code)
-    _up_detached(loaded, stack_path)
+    _up_detached(loaded, stack_path, progress)
 
 
-def _up_detached(loaded: LoadedStack, stack_path: str | None) -> None:
+def _up_detached(loaded: LoadedStack, stack_path: str | None, progress: StartProgress) -> None:
     from prefectstack import tools, topology
     from prefectstack.runtime import local, ports, state
     from prefectstack.runtime.logfiles import tail_lines
@@ -125,46 +133,38 @@ def _up_detached(loaded: LoadedStack, stack_path: str | None) -> None:
             log=log,
             cwd=loaded.base_dir,
         )
-    console.event(f"supervisor started in the background (pid {pid}); waiting for the stack")
+    console.event(f"supervisor started in the background (pid {pid}); starting the stack")
     deadline = time.monotonic() + READY_TIMEOUT_SECONDS
     seen_alive = False
-    reported: dict[str, str] = {}
-    while time.monotonic() < deadline:
-        current = state.read(state_dir)
-        if current and current.supervisor_pid == pid:
-            seen_alive = True
-            _progress(current, reported)
-            if current.phase == "ready":
-                ready(loaded, True)
-                if current.message:
-                    console.warn(current.message)
-                return
-            if current.phase in ("failed", "stopped"):
+    try:
+        while time.monotonic() < deadline:
+            current = state.read(state_dir)
+            if current and current.supervisor_pid == pid:
+                seen_alive = True
+                progress.update(current)
+                if current.phase == "ready":
+                    progress.finish(current)
+                    ready(loaded, True)
+                    if current.message:
+                        console.warn(current.message)
+                    return
+                if current.phase in ("failed", "stopped"):
+                    break
+            if not _pid_alive(pid):
                 break
-        if not _pid_alive(pid):
-            break
-        time.sleep(0.3)
-    else:
-        raise StackError(
-            f"the stack was not ready after {READY_TIMEOUT_SECONDS}s",
-            hint="prefectstack status; prefectstack logs",
-        )
+            time.sleep(POLL_SECONDS)
+        else:
+            raise StackError(
+                f"the stack was not ready after {READY_TIMEOUT_SECONDS}s",
+                hint="prefectstack status; prefectstack logs",
+            )
+    finally:
+        progress.finish()
     tail = tail_lines(log_path, 20)
     what = "failed to start" if seen_alive else "supervisor exited before starting"
     raise StackError(
         f"the stack {what}; last lines of {log_path}:\n    " + "\n    ".join(tail)
     )
-
-
-def _progress(current: state.StackState, reported: dict[str, str]) -> None:
-    """One line per service as it becomes ready (or fails), so a slow start shows where it is."""
-    total = len(current.services)
-    for svc in current.services:
-        if svc.state in ("ready", "completed", "failed", "backoff") and \
-                reported.get(svc.name) != svc.state:
-            reported[svc.name] = svc.state
-            done = sum(1 for s in current.services if s.state in ("ready", "completed"))
-            console.event(f"{svc.name} {svc.state} ({done}/{total})")
 
 
 def _pid_alive(pid: int) -> bool:

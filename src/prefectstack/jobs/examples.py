@@ -16,10 +16,21 @@ from typing import Any
 from prefect import Flow
 from prefect.client.schemas.schedules import IntervalSchedule
 
+from prefectstack.flows.shell import SHELL_COMMAND_ENV
 from prefectstack.jobs import run
 from prefectstack.jobs.pools import ensure_pool
 
 FLOWS_DIR = Path(__file__).resolve().parent.parent / "flows"
+
+# The `shell` example's command: fixed by this deployment (job variables only a developer may
+# change); a run's `args` reach it as "$@", data that is checked, never run as shell text.
+SHELL_EXAMPLE_COMMAND = (
+    'echo "hello from prefectstack on $(uname -n)"; '
+    'for word in "$@"; do '
+    'case "$word" in ""|*[!A-Za-z0-9_.-]*) echo "not a plain word: $word" >&2; exit 3;; esac; '
+    "printf '%s\\n' \"$word\"; "
+    "done"
+)
 
 
 async def register(pool: str, interval_seconds: int) -> list[str]:
@@ -44,9 +55,11 @@ async def register(pool: str, interval_seconds: int) -> list[str]:
         await shell.adeploy(
             name="shell",
             work_pool_name=pool,
-            parameters={"command": "echo hello from prefectstack && uname -a"},
+            parameters={"args": []},
+            job_variables={"env": {SHELL_COMMAND_ENV: SHELL_EXAMPLE_COMMAND}},
             tags=["prefectstack", "example"],
-            description="Runs a shell command and streams its output into the run's logs.",
+            description="Runs its fixed shell command with the run's `args` (plain words, "
+            "printed one a line) and streams the output into the run's logs.",
             build=False,
             push=False,
             print_next_steps=False,

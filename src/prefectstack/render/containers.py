@@ -26,6 +26,7 @@ from prefectstack.topology import placeholders
 from prefectstack.topology.caddyfile import edge_caddyfile
 from prefectstack.topology.edge import EDGE_CONFIG
 from prefectstack.topology.service import LOOPBACK, Probe, Role, Service
+from prefectstack.topology.settings import SERVICES_DOCKET_NAME
 from prefectstack.topology.stack_secrets import POSTGRES_SUPERUSER_PASSWORD
 
 Image = Literal["prefect", "postgres", "redis", "caddy"]
@@ -40,6 +41,13 @@ CONFIG_DIRS = {"edge": "/etc/caddy"}
 _CONFIG_DIR_NAMES = {EDGE_CONFIG: CONFIG_DIRS["edge"]}
 FLOWS_MOUNT = "/srv/flows"
 EDGE_INTERNAL_PORTS = (8080, 8081, 8082)
+# The API copies the UI's static files on start, by default into the prefect package, which
+# the image's unprivileged user cannot write (and Kubernetes mounts the root read-only).
+UI_STATIC_ENV = {"PREFECT_SERVER_UI_STATIC_DIRECTORY": f"{HOME_DIR}/ui-build"}
+# Prefect's database timeout (10 s) is for API queries; a migration of a big database runs
+# statements far longer.
+MIGRATION_ENV = {"PREFECT_SERVER_DATABASE_TIMEOUT": "600"}
+CONTAINER_ONLY_ENV = frozenset(UI_STATIC_ENV) | frozenset(MIGRATION_ENV)
 ANY_ADDRESS = "0.0.0.0"
 
 
@@ -156,7 +164,7 @@ class _Network:
 
 
 def build(stack: Stack) -> Plan:
-    services = topology.build(stack)
+    services = [svc for svc in topology.build(stack) if not svc.local_only]
     names = container_names(services)
     ports = {svc.name: port for svc in services if (port := container_port(svc)) is not None}
     edge = _edge(stack, services, names, ports)
@@ -200,7 +208,9 @@ def _container(svc: Service, name: str, network: _Network) -> Container:
         image=_image(svc.role),
         command=tuple(network.translate(a) for a in _command(svc)),
         # Clients reach the edge privately over plain HTTP: no public-edge env (its CA).
-        env={key: network.translate(value) for key, value in svc.env.items()},
+        env={key: network.translate(value) for key, value in svc.env.items()}
+        | (UI_STATIC_ENV if svc.role == "api" else {})
+        | (MIGRATION_ENV if svc.role == "migrate" else {}),
         port=port,
         probe=Probe(svc.probe.kind, port=port or 0, path=svc.probe.path),
         depends_on=tuple(dict.fromkeys(network.names[d] for d in svc.depends_on)),
@@ -254,7 +264,51 @@ def probe_command(probe: Probe, image: Image = "prefect") -> list[str] | None:
             return ["wget", "-q", "-O", "/dev/null", url]
         return ["python", "-c",
                 f"import urllib.request; urllib.request.urlopen({url!r}, timeout=5)"]
-    if probe.kind == "alive":
-        # No endpoint to ask: the check is that the main process still runs.
-        return ["python", "-c", "import os; os.kill(1, 0)"]
+    # "alive": no endpoint to ask, and PID 1 is tini, which exits with its child: the
+    # restart policy covers a process that exits (see `services_check` for `services`).
     return None
+
+
+# docket's key of the workers' heartbeats: `<docket name>:workers`, a sorted set of worker
+# name -> last heartbeat (epoch seconds), written every 2 s (pydocket 0.27).
+SERVICES_HEARTBEAT_MAX_AGE = 30
+
+
+def services_check(docket: str = SERVICES_DOCKET_NAME) -> list[str]:
+    """The `services` process runs its loops (scheduler, late runs, vacuum, ...) as tasks of
+    one docket worker, which heartbeats into Redis while its event loop runs. Healthy while
+    a heartbeat of that docket is younger than SERVICES_HEARTBEAT_MAX_AGE seconds: a hung or
+    disconnected process turns unhealthy, which a check of PID 1 (tini) never did."""
+    script = (
+        "import os, time, redis; "
+        "r = redis.Redis.from_url(os.environ['PREFECT_SERVER_DOCKET_URL'], socket_timeout=3); "
+        f"n = r.zcount({docket + ':workers'!r}, time.time() - {SERVICES_HEARTBEAT_MAX_AGE}, "
+        "'+inf'); raise SystemExit(0 if n else 'no docket heartbeat for "
+        f"{SERVICES_HEARTBEAT_MAX_AGE}s')"
+    )
+    return ["python", "-c", script]
+
+
+def health_command(c: Container) -> list[str] | None:
+    """The container's health check, as a command (None: none to run)."""
+    if c.role == "services":
+        return services_check()
+    if c.probe.kind == "alive" and c.image == "prefect":
+        return process_check(c.command)
+    return probe_command(c.probe, c.image)
+
+
+def process_check(command: tuple[str, ...]) -> list[str]:
+    """Healthy while a process runs this command line (PID 1 is tini, not the command)."""
+    wanted = "\0".join(command) + "\0"
+    script = (
+        "import glob, pathlib\n"
+        "def line(p):\n"
+        "    try:\n"
+        "        return pathlib.Path(p).read_bytes()\n"
+        "    except OSError:  # exited meanwhile\n"
+        "        return b''\n"
+        f"raise SystemExit(0 if any(line(p) == {wanted.encode()!r} "
+        "for p in glob.glob('/proc/[0-9]*/cmdline')) else 'not running')"
+    )
+    return ["python", "-c", script]

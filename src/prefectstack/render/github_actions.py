@@ -1,11 +1,16 @@
 """A GitHub Actions workflow: on a tag, build and push the flows image, then plan and apply
-the stack's deployments against the server with an API key from the repository secrets."""
+the stack's deployments against the server with an API key from the repository secrets; on
+a pull request, only plan (the diff shows in the job's log).
+
+prefectstack is not on PyPI: the jobs install it from the repository they check out (with
+its requirements.lock), or from `vars.PREFECTSTACK_INSTALL` (a pip requirement such as
+`git+https://github.com/ORG/prefectstack@v0.1.0`) when the stack lives elsewhere."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from prefectstack import __version__, topology
+from prefectstack import topology
 from prefectstack.render.common import PYTHON_VERSION, Bundle, dump_yaml
 from prefectstack.stack.model import Stack
 
@@ -22,9 +27,47 @@ def render(stack: Stack, *, stack_file: str = "stack.yaml", context: str = "depl
 #   secrets.PREFECTSTACK_API_KEY  a developer key: prefectstack keys create ci --role developer
 #   vars.PREFECTSTACK_SERVER      optional; defaults to the stack's public URL
 #   secrets.PREFECTSTACK_CA_PEM   optional; the stack's ca.crt when it uses its own CA
+#   vars.PREFECTSTACK_INSTALL     optional; where pip gets prefectstack (default: this
+#                                 repository, with its requirements.lock)
 # and the output of `prefectstack render compose` committed at {context}/ (never its .env).
 """
     return Bundle(files={FILE: header + dump_yaml(workflow(stack, stack_file, context))})
+
+
+INSTALL = """\
+if [ -n "$PREFECTSTACK_INSTALL" ]; then
+  pip install "$PREFECTSTACK_INSTALL"
+else
+  pip install -c requirements.lock .
+fi
+prefectstack --version
+"""
+NOT_A_PR = "${{ github.event_name != 'pull_request' }}"
+
+
+def _client_steps(stack_file: str) -> list[dict[str, Any]]:
+    """Check out, install prefectstack, trust the CA, plan: what both plan jobs share."""
+    return [
+        {"uses": "actions/checkout@v4"},
+        {"uses": "actions/setup-python@v5", "with": {"python-version": PYTHON_VERSION}},
+        {"name": "Install prefectstack", "run": INSTALL},
+        {"name": "Trust the stack's CA",
+         "if": "${{ env.CA_PEM != '' }}",
+         "run": 'printf "%s" "$CA_PEM" > "$RUNNER_TEMP/ca.crt"\n'
+                'echo "PREFECTSTACK_CA_FILE=$RUNNER_TEMP/ca.crt" >> "$GITHUB_ENV"'},
+        {"name": "Plan",
+         "run": f"prefectstack deploy plan -f {stack_file} --detailed-exitcode "
+                "|| [ $? -eq 2 ]"},
+    ]
+
+
+def _client_env(server: str) -> dict[str, str]:
+    return {
+        "PREFECTSTACK_SERVER": f"${{{{ vars.PREFECTSTACK_SERVER || '{server}' }}}}",
+        "PREFECTSTACK_API_KEY": "${{ secrets.PREFECTSTACK_API_KEY }}",
+        "CA_PEM": "${{ secrets.PREFECTSTACK_CA_PEM }}",
+        "PREFECTSTACK_INSTALL": "${{ vars.PREFECTSTACK_INSTALL }}",
+    }
 
 
 def workflow(stack: Stack, stack_file: str, context: str) -> dict[str, Any]:
@@ -32,13 +75,21 @@ def workflow(stack: Stack, stack_file: str, context: str) -> dict[str, Any]:
     checkout = {"uses": "actions/checkout@v4"}
     return {
         "name": f"prefectstack deploy ({stack.name})",
-        "on": {"push": {"tags": ["v*"]}, "workflow_dispatch": {}},
+        "on": {"push": {"tags": ["v*"]}, "pull_request": {}, "workflow_dispatch": {}},
         "permissions": {"contents": "read"},
         "concurrency": {"group": f"prefectstack-deploy-{stack.name}",
                         "cancel-in-progress": False},
         "jobs": {
+            "plan": {
+                "name": "Plan deployments (pull request)",
+                "if": "${{ github.event_name == 'pull_request' }}",
+                "runs-on": "ubuntu-latest",
+                "env": _client_env(server),
+                "steps": _client_steps(stack_file),
+            },
             "image": {
                 "name": "Build and push the flows image",
+                "if": NOT_A_PR,
                 "runs-on": "ubuntu-latest",
                 "permissions": {"contents": "read", "packages": "write"},
                 "outputs": {"image": "${{ fromJSON(steps.meta.outputs.json).tags[0] }}"},
@@ -60,27 +111,15 @@ def workflow(stack: Stack, stack_file: str, context: str) -> dict[str, Any]:
             "deploy": {
                 "name": "Plan and apply deployments",
                 "needs": "image",
+                "if": NOT_A_PR,
                 "runs-on": "ubuntu-latest",
                 "environment": "production",
                 "env": {
-                    "PREFECTSTACK_SERVER": f"${{{{ vars.PREFECTSTACK_SERVER || '{server}' }}}}",
-                    "PREFECTSTACK_API_KEY": "${{ secrets.PREFECTSTACK_API_KEY }}",
-                    "CA_PEM": "${{ secrets.PREFECTSTACK_CA_PEM }}",
+                    **_client_env(server),
                     "PREFECTSTACK_IMAGE": "${{ needs.image.outputs.image }}",
                 },
                 "steps": [
-                    checkout,
-                    {"uses": "actions/setup-python@v5",
-                     "with": {"python-version": PYTHON_VERSION}},
-                    {"name": "Install prefectstack",
-                     "run": f'pip install "prefectstack=={__version__}"'},
-                    {"name": "Trust the stack's CA",
-                     "if": "${{ env.CA_PEM != '' }}",
-                     "run": 'printf "%s" "$CA_PEM" > "$RUNNER_TEMP/ca.crt"\n'
-                            'echo "PREFECTSTACK_CA_FILE=$RUNNER_TEMP/ca.crt" >> "$GITHUB_ENV"'},
-                    {"name": "Plan",
-                     "run": f"prefectstack deploy plan -f {stack_file} --detailed-exitcode "
-                            "|| [ $? -eq 2 ]"},
+                    *_client_steps(stack_file),
                     {"name": "Apply", "run": f"prefectstack deploy apply -f {stack_file} --yes"},
                 ],
             },

@@ -19,6 +19,7 @@ from prefectstack.render.common import (
     APP_UID,
     CADDY_IMAGE,
     HOME_DIR,
+    IMAGE_PINS,
     POSTGRES_IMAGE,
     REDIS_IMAGE,
     env_name,
@@ -28,6 +29,15 @@ from prefectstack.topology.placeholders import replace_secrets, secret_refs
 
 PART_OF = "prefectstack"
 SCRIPTS_DIR = f"{APP_DIR}/scripts"
+# With the published Prefect image: the pins pip installs at start (user site on an emptyDir)
+# and prefectstack's own modules and flows, mounted from a ConfigMap.
+SITE_DIR = f"{APP_DIR}/site"
+APP_CODE_DIR = f"{APP_DIR}/app"
+FLOWS_DIR = f"{APP_DIR}/flows"
+ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+# Writable directories under a read-only root filesystem, per image.
+SCRATCH_DIRS = {"prefect": ("/tmp",), "postgres": ("/tmp", "/var/run/postgresql"),
+                "redis": ("/tmp",), "caddy": ("/tmp", "/config")}
 # The images' own users; Caddy's image runs as root, so its pods get an unprivileged one.
 IMAGE_UIDS = {"prefect": APP_UID, "postgres": 70, "redis": 999, "caddy": APP_UID + 1}
 STORAGE = {"pgdata": "10Gi", "redis": "1Gi"}
@@ -41,19 +51,30 @@ RESOURCES = {
     "auth": ("100m", "128Mi", "1", "512Mi"),
     "other": ("100m", "256Mi", "1", "1Gi"),
     "wait": ("10m", "32Mi", "100m", "64Mi"),
+    "install": ("100m", "128Mi", "1", "512Mi"),
+    "wait-db": ("10m", "128Mi", "500m", "256Mi"),  # imports alembic and Prefect's migrations
 }
 
 
 class Context:
     """What every object of one stack shares: names, labels, images, the plan."""
 
-    def __init__(self, namespace: str, app_image: str, the_plan: Plan, secret: str) -> None:
+    def __init__(self, namespace: str, app_image: str, the_plan: Plan, secret: str,
+                 app_files: dict[str, str] | None = None) -> None:
+        """`app_files`: ConfigMap key -> path under APP_DIR of prefectstack's modules and
+        flows, when `app_image` is the published Prefect image (installed at start); None
+        when it is an image built from our Dockerfile."""
         self.namespace = namespace
         self.app_image = app_image
         self.plan = the_plan
         self.secret = secret
+        self.app_files = app_files
         self.by_name = {c.name: c for c in the_plan.containers}
         self.jobs: dict[str, str] = {}  # one-shot container -> its Job's name
+
+    @property
+    def app_config_map(self) -> str:
+        return f"{self.namespace}-app"
 
     def image(self, c: Container) -> str:
         images = {"postgres": POSTGRES_IMAGE, "redis": REDIS_IMAGE, "caddy": CADDY_IMAGE}
@@ -118,6 +139,9 @@ def container_spec(ctx: Context, c: Container) -> dict[str, Any]:
     if plain_env(c):
         spec["envFrom"] = [{"configMapRef": {"name": f"{c.name}-env"}}]
     secret_env = env_list(ctx, c, env)
+    if c.image == "prefect" and ctx.app_files is not None:
+        secret_env = [*_installed_env(), *secret_env]
+        spec["workingDir"] = FLOWS_DIR
     if secret_env:
         spec["env"] = secret_env
     if c.port:
@@ -128,9 +152,70 @@ def container_spec(ctx: Context, c: Container) -> dict[str, Any]:
     mounts = [{"name": v, "mountPath": p} for v, p in c.volumes.items()]
     if c.image == "prefect":
         mounts.append({"name": "home", "mountPath": HOME_DIR})
-    if mounts:
-        spec["volumeMounts"] = mounts
+        if ctx.app_files is not None:
+            mounts += app_mounts()
+    mounts += scratch_mounts(c.image)
+    spec["volumeMounts"] = mounts
     return spec
+
+
+def _installed_env() -> list[dict[str, Any]]:
+    return [{"name": "PYTHONUSERBASE", "value": SITE_DIR},
+            {"name": "PYTHONPATH", "value": APP_CODE_DIR}]
+
+
+def app_mounts() -> list[dict[str, Any]]:
+    return [{"name": "site", "mountPath": SITE_DIR, "readOnly": True},
+            {"name": "app", "mountPath": APP_CODE_DIR, "readOnly": True},
+            {"name": "app-flows", "mountPath": FLOWS_DIR, "readOnly": True}]
+
+
+def _scratch_name(path: str) -> str:
+    return "scratch" + path.replace("/", "-")
+
+
+def scratch_mounts(image: str) -> list[dict[str, Any]]:
+    """The writable directories of a container whose root filesystem is read-only."""
+    mounts = [{"name": _scratch_name(d), "mountPath": d} for d in SCRATCH_DIRS[image]]
+    if image == "postgres":
+        # Parallel queries and sorts use shared memory; a container's /dev/shm is 64 MB.
+        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+    return mounts
+
+
+def scratch_volumes(images: set[str]) -> list[dict[str, Any]]:
+    names = dict.fromkeys(_scratch_name(d) for i in sorted(images) for d in SCRATCH_DIRS[i])
+    volumes: list[dict[str, Any]] = [{"name": n, "emptyDir": {}} for n in names]
+    if "postgres" in images:
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}})
+    return volumes
+
+
+def install_container(ctx: Context) -> dict[str, Any]:
+    """The pins prefectstack is tested with (pip skips what the image already has) into
+    the pod's user site: the published Prefect image runs as is, nothing to build."""
+    return {
+        "name": "install",
+        "image": ctx.app_image,
+        "command": ["python", "-m", "pip", "install", "--user", "--no-cache-dir",
+                    "--disable-pip-version-check", "--no-warn-script-location", *IMAGE_PINS],
+        "env": [{"name": "PYTHONUSERBASE", "value": SITE_DIR}, {"name": "HOME", "value": "/tmp"}],
+        "resources": resources("install"),
+        "securityContext": container_security(),
+        "volumeMounts": [{"name": "site", "mountPath": SITE_DIR},
+                         *scratch_mounts("prefect")],
+    }
+
+
+def app_volumes(ctx: Context) -> list[dict[str, Any]]:
+    assert ctx.app_files is not None
+    code = [{"key": k, "path": p.removeprefix("app/")} for k, p in ctx.app_files.items()
+            if p.startswith("app/")]
+    flows = [{"key": k, "path": p.removeprefix("flows/")} for k, p in ctx.app_files.items()
+             if p.startswith("flows/")]
+    return [{"name": "site", "emptyDir": {}},
+            {"name": "app", "configMap": {"name": ctx.app_config_map, "items": code}},
+            {"name": "app-flows", "configMap": {"name": ctx.app_config_map, "items": flows}}]
 
 
 def _probes(c: Container) -> dict[str, Any]:
@@ -144,11 +229,18 @@ def _probes(c: Container) -> dict[str, Any]:
         start = {"httpGet": {"path": alive_path, "port": c.probe.port}, "periodSeconds": 5,
                  "failureThreshold": 60}
         return {"startupProbe": start, "readinessProbe": ready, "livenessProbe": alive}
-    command = containers.probe_command(c.probe, c.image)
-    if command is None or c.probe.kind == "alive":
+    command = containers.health_command(c)
+    if command is None:
         return {}  # no endpoint: Kubernetes restarts the container when its process exits
     check = {"exec": {"command": command}, **timing}
-    return {"readinessProbe": check, "livenessProbe": check}
+    if c.probe.kind == "alive" and c.role != "services":
+        return {"livenessProbe": check}
+    probes = {"readinessProbe": check, "livenessProbe": check}
+    if c.image == "postgres":
+        # Crash recovery of a big database takes minutes: liveness waits for the first start.
+        probes = {"startupProbe": {**check, "periodSeconds": 5, "failureThreshold": 120},
+                  **probes}
+    return probes
 
 
 def resources(role: str) -> dict[str, Any]:
@@ -159,12 +251,36 @@ def resources(role: str) -> dict[str, Any]:
 
 def container_security() -> dict[str, Any]:
     return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
-            "runAsNonRoot": True}
+            "runAsNonRoot": True, "readOnlyRootFilesystem": True}
+
+
+def migrated_wait(ctx: Context, waiter: Container) -> dict[str, Any]:
+    """Wait for the database's schema to reach Prefect's migration head (not for a Job by
+    name: a deleted Job would leave restarted pods waiting forever)."""
+    url = "PREFECT_SERVER_DATABASE_CONNECTION_URL"
+    env = env_list(ctx, waiter, {url: waiter.env[url]}) if secret_refs(waiter.env[url]) else [
+        {"name": url, "value": waiter.env[url]}]
+    mounts: list[dict[str, Any]] = []
+    if ctx.app_files is not None:
+        env = [*_installed_env(), *env]
+        mounts = app_mounts()[:2]
+    return {
+        "name": "wait-for-migrate",
+        "image": ctx.app_image,
+        "command": ["python", "-m", "prefectstack.jobs.migrated"],
+        "env": env,
+        "resources": resources("wait-db"),
+        "securityContext": container_security(),
+        "volumeMounts": [*mounts, *scratch_mounts("prefect")],
+    }
 
 
 def wait_container(ctx: Context, dep: Container) -> dict[str, Any]:
+    mounts = [{"name": "scripts", "mountPath": SCRIPTS_DIR, "readOnly": True}]
     if dep.kind == "oneshot":
         args = ["job", ctx.jobs[dep.name]]
+        # Only this container reads the Kubernetes API: the token is mounted here alone.
+        mounts.append({"name": "api-token", "mountPath": ACCOUNT_DIR, "readOnly": True})
     elif dep.probe.kind == "http":
         host = "api" if dep.scalable else dep.name  # the Service in front of every API pod
         args = ["http", f"http://{host}:{dep.port}{dep.probe.path}"]
@@ -176,8 +292,19 @@ def wait_container(ctx: Context, dep: Container) -> dict[str, Any]:
         "command": ["python", f"{SCRIPTS_DIR}/wait.py", *args],
         "resources": resources("wait"),
         "securityContext": container_security(),
-        "volumeMounts": [{"name": "scripts", "mountPath": SCRIPTS_DIR, "readOnly": True}],
+        "volumeMounts": mounts,
     }
+
+
+def token_volume() -> dict[str, Any]:
+    """What automountServiceAccountToken would mount in every container, for one."""
+    return {"name": "api-token", "projected": {"sources": [
+        {"serviceAccountToken": {"path": "token", "expirationSeconds": 3600}},
+        {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt",
+                                                             "path": "ca.crt"}]}},
+        {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {
+            "fieldPath": "metadata.namespace"}}]}},
+    ]}}
 
 
 def pod_spec(ctx: Context, c: Container, init: list[Container]) -> dict[str, Any]:
@@ -188,15 +315,22 @@ def pod_spec(ctx: Context, c: Container, init: list[Container]) -> dict[str, Any
     for step in [*init, c]:
         for name in step.depends_on:
             dep = ctx.by_name.get(name)
-            if dep is not None and name not in folded:
+            if dep is None or name in folded:
+                continue
+            if dep.role == "migrate" and "PREFECT_SERVER_DATABASE_CONNECTION_URL" in step.env:
+                inits.append(migrated_wait(ctx, step))
+            else:
                 inits.append(wait_container(ctx, dep))
                 waits_for_job = waits_for_job or dep.kind == "oneshot"
         if step is not c:
             inits.append(container_spec(ctx, step))
     uid = IMAGE_UIDS[c.image]
+    prefect = any(x.image == "prefect" for x in [*init, c])
+    if prefect and ctx.app_files is not None:
+        inits.insert(0, install_container(ctx))
     spec: dict[str, Any] = {
-        # Only a pod that waits for a Job reads the Kubernetes API.
-        "automountServiceAccountToken": waits_for_job,
+        # No container gets a token by default; a wait for a Job mounts one (token_volume).
+        "automountServiceAccountToken": False,
         "securityContext": {"runAsNonRoot": True, "runAsUser": uid, "runAsGroup": uid,
                             "fsGroup": uid, "seccompProfile": {"type": "RuntimeDefault"}},
     }
@@ -208,11 +342,15 @@ def pod_spec(ctx: Context, c: Container, init: list[Container]) -> dict[str, Any
     volumes: list[dict[str, Any]] = []
     if any(x.image == "prefect" for x in [*init, c]):
         volumes.append({"name": "home", "emptyDir": {}})
-    if len(inits) > len(init):
+    if prefect and ctx.app_files is not None:
+        volumes += app_volumes(ctx)
+    if any(w["name"].startswith("wait-for-") for w in inits):
         volumes.append({"name": "scripts",
                         "configMap": {"name": f"{ctx.namespace}-scripts", "defaultMode": 0o555}})
-    if volumes:
-        spec["volumes"] = volumes
+    if waits_for_job:
+        volumes.append(token_volume())
+    volumes += scratch_volumes({x.image for x in [*init, c]})
+    spec["volumes"] = volumes
     if c.kind == "oneshot":
         spec["restartPolicy"] = "OnFailure"
     return spec
@@ -220,6 +358,8 @@ def pod_spec(ctx: Context, c: Container, init: list[Container]) -> dict[str, Any
 
 def workload(ctx: Context, c: Container) -> dict[str, Any]:
     template = {"metadata": {"labels": ctx.labels(c)}, "spec": pod_spec(ctx, c, [])}
+    if c.scalable:
+        template["spec"]["affinity"] = spread(ctx, c.role)
     if c.volumes:  # stateful: one pod, a claim per volume
         return {
             "apiVersion": "apps/v1", "kind": "StatefulSet",
@@ -248,6 +388,18 @@ def workload(ctx: Context, c: Container) -> dict[str, Any]:
             "template": template,
         },
     }
+
+
+def spread(ctx: Context, component: str) -> dict[str, Any]:
+    """Replicas of a component on different nodes where the cluster has them."""
+    return {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
+        "weight": 100,
+        "podAffinityTerm": {
+            "topologyKey": "kubernetes.io/hostname",
+            "labelSelector": {"matchLabels": {"app.kubernetes.io/component": component,
+                                              "app.kubernetes.io/instance": ctx.namespace}},
+        },
+    }]}}
 
 
 def job(ctx: Context, c: Container, init: list[Container]) -> dict[str, Any]:

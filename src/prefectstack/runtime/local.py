@@ -5,14 +5,16 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import selectors
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import IO
+from typing import IO, Any
 
 import psutil
 
@@ -31,11 +33,15 @@ from prefectstack.runtime import (
 from prefectstack.runtime.binaries import postgres_bin_dir, resolve_argv
 from prefectstack.runtime.logfiles import LogFollower, tail_lines
 from prefectstack.runtime.probes import RealProber
-from prefectstack.runtime.supervisor import Supervisor
+from prefectstack.runtime.supervisor import HEALTH_INTERVAL_SECONDS, Supervisor
 from prefectstack.stack.loader import LoadedStack
 from prefectstack.topology import LOOPBACK, Service, placeholders, stack_secrets
 
-TICK_SECONDS = 0.2
+TICK_SECONDS = 0.2  # the pause of the fallback loops (abort) and of a loop without signals
+# The supervisor sleeps until a child exits, a signal comes or a timer of the state machine is
+# due; it also wakes this often whatever happens, a safety net that costs nothing at idle.
+MAX_WAIT_SECONDS = HEALTH_INTERVAL_SECONDS
+FOLLOW_SECONDS = 0.25  # in the foreground, how often new log lines are echoed
 LOG_ROTATE_BYTES = 20 * 1024 * 1024
 # Stale cleanup: how long each leftover service gets to act on its stop signal (PostgreSQL's
 # fast shutdown, a worker marking its runs) before SIGKILL.
@@ -89,7 +95,7 @@ class LocalLauncher:
     def start(self, svc: Service) -> tools.Process:
         argv = resolve_argv(
             tuple(self.resolve(a) for a in programs.argv(svc)), self.stack.postgres.mode,
-            self.stack.redis.mode, self.program_paths,
+            self.stack.redis.mode, programs.paths_for(svc, self.program_paths),
         )
         env = _base_env() | {k: self.resolve(v) for k, v in programs.env(svc).items()}
         log = self._log(svc.name)
@@ -99,6 +105,7 @@ class LocalLauncher:
             log.flush()
         user = svc.run_as if (svc.run_as and self.run_as) else None
         cwd = self.layout.volume(svc.volumes[0]) if svc.volumes else self.layout.root
+        env = unprivileged.launch_env(svc, self.layout, env, user)  # TMPDIR, a run_as's HOME
         # If we die (even of SIGKILL) it gets its own stop signal: PostgreSQL shuts down
         # cleanly; whatever ignores it is stopped by the next `up` or `down` (cleanup_stale).
         return tools.spawn(argv, env=env, log=log, cwd=cwd, user=user,
@@ -218,8 +225,12 @@ def cleanup_stale(state_dir: Path, grace: float = STALE_STOP_GRACE_SECONDS) -> l
     return cleaned
 
 
-def run(loaded: LoadedStack, *, foreground: bool, on_ready: Callable[[], None]) -> int:
-    """Supervise the stack until it is stopped; returns the process exit code."""
+def run(
+    loaded: LoadedStack, *, foreground: bool, on_ready: Callable[[], None],
+    on_state: Callable[[state.StackState], None] | None = None,
+) -> int:
+    """Supervise the stack until it is stopped; returns the process exit code. `on_state`
+    sees each new state (what state.json gets), e.g. to show the start's progress."""
     services = topology.build(loaded.stack)
     state_dir = loaded.state_dir
     lock = state.SupervisorLock(state_dir)
@@ -231,14 +242,14 @@ def run(loaded: LoadedStack, *, foreground: bool, on_ready: Callable[[], None]) 
         layout, resolve, program_paths = prepare(loaded, services)
         launcher = LocalLauncher(loaded, layout, resolve, program_paths)
         sup = Supervisor(services, launcher, RealProber(), time.monotonic)
-        return _loop(loaded, sup, layout, foreground, on_ready)
+        return _loop(loaded, sup, layout, foreground, on_ready, on_state)
     finally:
         lock.release()
 
 
 def _loop(
     loaded: LoadedStack, sup: Supervisor, layout: Layout, foreground: bool,
-    on_ready: Callable[[], None],
+    on_ready: Callable[[], None], on_state: Callable[[state.StackState], None] | None = None,
 ) -> int:
     stop_reason: list[str] = []
 
@@ -249,28 +260,89 @@ def _loop(
     signal.signal(signal.SIGINT, request_stop)
     me = psutil.Process()
     snapshot = StateWriter(loaded, sup, me.pid, me.create_time())
+    snapshot.on_change = on_state
     sup.on_spawn = lambda _unit: snapshot.write()
-    try:
-        snapshot.write()
-        return _supervise(loaded, sup, layout, foreground, on_ready, snapshot, stop_reason)
-    except BaseException as exc:
-        # A bug of ours (or an interpreter error) must not orphan what we started.
-        if isinstance(exc, Exception):
-            console.error(StackError(f"the supervisor failed ({type(exc).__name__}: {exc}); "
-                                     "stopping the stack"))
-            for line in traceback.format_exc().splitlines():
-                console.event(line)
-        abort(sup, f"supervisor error: {type(exc).__name__}: {exc}")
-        with contextlib.suppress(Exception):
+    with Waker() as waker:
+        try:
             snapshot.write()
-        if not isinstance(exc, Exception):
-            raise
-        return 1
+            return _supervise(loaded, sup, layout, foreground, on_ready, snapshot, stop_reason,
+                              waker)
+        except BaseException as exc:
+            # A bug of ours (or an interpreter error) must not orphan what we started.
+            if isinstance(exc, Exception):
+                console.error(StackError(f"the supervisor failed ({type(exc).__name__}: "
+                                         f"{exc}); stopping the stack"))
+                for line in traceback.format_exc().splitlines():
+                    console.event(line)
+            abort(sup, f"supervisor error: {type(exc).__name__}: {exc}")
+            with contextlib.suppress(Exception):
+                snapshot.write()
+            if not isinstance(exc, Exception):
+                raise
+            return 1
+
+
+class Waker:
+    """What the supervisor's loop sleeps on instead of polling: select(2) on a pipe that the
+    interpreter writes a byte to whenever a signal arrives (`signal.set_wakeup_fd`), SIGCHLD
+    (a child exited) and the stop signals included, with the state machine's next deadline
+    as the timeout. A signal that lands between the loop's last look and its sleep is not
+    lost: its byte waits in the pipe and the sleep returns at once.
+
+    Outside the main thread (where signals cannot be routed) it degrades to sleeping for
+    at most `TICK_SECONDS`."""
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+        for fd in (self._read, self._write):
+            os.set_blocking(fd, False)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._read, selectors.EVENT_READ)
+        self.signals = threading.current_thread() is threading.main_thread()
+        self._old_fd = -1
+        self._old_chld: Any = None
+        if self.signals:
+            # A Python-level handler is what makes the interpreter write the wakeup byte;
+            # SIGCHLD's default disposition (ignore) would not.
+            self._old_chld = signal.signal(signal.SIGCHLD, _on_sigchld)
+            self._old_fd = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+
+    def wait(self, timeout: float | None) -> bool:
+        """Sleep until a signal arrives or `timeout` seconds pass (None: no limit); True
+        when a signal woke it."""
+        if not self.signals:
+            timeout = TICK_SECONDS if timeout is None else min(timeout, TICK_SECONDS)
+        woke = bool(self._selector.select(timeout))
+        if woke:
+            with contextlib.suppress(BlockingIOError):
+                while os.read(self._read, 512):
+                    pass
+        return woke
+
+    def close(self) -> None:
+        if self.signals:
+            signal.set_wakeup_fd(self._old_fd)
+            if self._old_chld is not None:
+                signal.signal(signal.SIGCHLD, self._old_chld)
+        self._selector.close()
+        os.close(self._read)
+        os.close(self._write)
+
+    def __enter__(self) -> Waker:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+def _on_sigchld(_signum: int, _frame: FrameType | None) -> None:
+    """Nothing to do here: the wakeup byte already woke the loop, which reaps."""
 
 
 def _supervise(
     loaded: LoadedStack, sup: Supervisor, layout: Layout, foreground: bool,
     on_ready: Callable[[], None], snapshot: StateWriter, stop_reason: list[str],
+    waker: Waker,
 ) -> int:
     follower = LogFollower(layout.logs) if foreground else None
     announced = False
@@ -287,7 +359,9 @@ def _supervise(
         if sup.phase == "ready" and not announced:
             announced = True
             on_ready()
-        time.sleep(TICK_SECONDS)
+        if sup.done:
+            break
+        waker.wait(_timeout(sup, follower is not None))
     snapshot.write()
     if follower:
         follower.pump()
@@ -298,6 +372,16 @@ def _supervise(
         return 1
     state.remove(loaded.state_dir)
     return 0
+
+
+def _timeout(sup: Supervisor, following: bool) -> float:
+    """How long the loop may sleep if nothing wakes it: until the machine's next deadline,
+    at most `MAX_WAIT_SECONDS` (`FOLLOW_SECONDS` while echoing logs)."""
+    limit = FOLLOW_SECONDS if following else MAX_WAIT_SECONDS
+    deadline = sup.next_deadline()
+    if deadline is None:
+        return limit
+    return min(limit, max(0.0, deadline - sup.clock()))
 
 
 def abort(sup: Supervisor, reason: str, *, grace: float | None = None,
@@ -347,10 +431,17 @@ class StateWriter:
     def __init__(self, loaded: LoadedStack, sup: Supervisor, pid: int, started: float) -> None:
         self.loaded, self.sup, self.pid, self.started = loaded, sup, pid, started
         self.last = ""
+        self.shown = ""
         self.wall_offset = time.time() - time.monotonic()
         self.failing: int | None = None  # errno of the write that is failing, if one is
+        self.on_change: Callable[[state.StackState], None] | None = None
+        self._created: dict[int, float | None] = {}  # pid -> its start time, looked up once
 
     def write(self) -> None:
+        # A pid is reused only once its process is reaped (and gone from its unit): forget
+        # those, so a new process on an old pid is looked up afresh.
+        live = {u.proc.pid for u in self.sup.units.values() if u.proc is not None}
+        self._created = {p: t for p, t in self._created.items() if p in live}
         services = []
         for name in self.sup.order:
             unit = self.sup.units[name]
@@ -358,7 +449,7 @@ class StateWriter:
             services.append(
                 state.ServiceState(
                     name=name, kind=unit.svc.kind, state=unit.state, pid=pid,
-                    pid_started=_create_time(pid),
+                    pid_started=self._create_time(pid),
                     started_at=(unit.started_at + self.wall_offset) if unit.started_at else None,
                     restarts=unit.restarts, healthy=unit.healthy, last_exit=unit.last_exit,
                     ports=list(unit.svc.ports), probe=unit.svc.probe.describe(),
@@ -373,6 +464,10 @@ class StateWriter:
         text = snap.to_json()
         if text == self.last:
             return
+        if self.on_change is not None and text != self.shown:
+            self.shown = text
+            with contextlib.suppress(Exception):  # a display must never stop the supervisor
+                self.on_change(snap)
         try:
             state.write(self.loaded.state_dir, snap)
         except OSError as exc:
@@ -387,10 +482,15 @@ class StateWriter:
             console.event("state.json is written again")
         self.last = text
 
+    def _create_time(self, pid: int | None) -> float | None:
+        if pid is None:
+            return None
+        if pid not in self._created:
+            self._created[pid] = _create_time(pid)
+        return self._created[pid]
 
-def _create_time(pid: int | None) -> float | None:
-    if pid is None:
-        return None
+
+def _create_time(pid: int) -> float | None:
     try:
         return psutil.Process(pid).create_time()
     except psutil.Error:

@@ -60,11 +60,25 @@ def tcp_open(host: str, port: int) -> bool:
         return False
 
 
+_client: httpx.Client | None = None
+
+
+def _http() -> httpx.Client:
+    """One client for every probe: `httpx.get` would build a client (and its TLS context)
+    on each call, the largest part of an idle supervisor's CPU. No connection is kept
+    alive, so each probe connects afresh, as a restarted or hung service needs."""
+    global _client
+    if _client is None:
+        _client = httpx.Client(
+            timeout=TIMEOUT * 2, limits=httpx.Limits(max_keepalive_connections=0),
+            trust_env=False,
+        )
+    return _client
+
+
 def http_ok(probe: Probe) -> bool:
     try:
-        response = httpx.get(
-            f"http://{probe.host}:{probe.port}{probe.path}", timeout=TIMEOUT * 2
-        )
+        response = _http().get(f"http://{probe.host}:{probe.port}{probe.path}")
         return response.status_code == 200
     except httpx.HTTPError:
         return False

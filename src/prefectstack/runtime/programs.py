@@ -34,3 +34,32 @@ def files(svc: Service) -> dict[str, str]:
 def env(svc: Service) -> dict[str, str]:
     """Clients here reach the edge at its public address, so they get its CA too."""
     return svc.env | svc.public_edge_env
+
+
+PER_SERVICE = "/"
+"""program paths keyed `<service>/<program>` apply to that service alone"""
+
+
+def for_service(service: str, paths: dict[str, str]) -> dict[str, str]:
+    """`paths` (logical program -> path) for one service only, to merge into the program
+    paths the local backend resolves argv with."""
+    return {f"{service}{PER_SERVICE}{program}": path for program, path in paths.items()}
+
+
+def paths_for(svc: Service, paths: dict[str, str]) -> dict[str, str]:
+    """The program paths `svc` runs with: the shared ones, then its own."""
+    prefix = f"{svc.name}{PER_SERVICE}"
+    shared = {k: v for k, v in paths.items() if PER_SERVICE not in k}
+    own = {k.removeprefix(prefix): v for k, v in paths.items() if k.startswith(prefix)}
+    return shared | own
+
+
+PYTHON_PROGRAMS = ("python", "prefect")
+TMP_DIR = "tmp"
+
+
+def tmp_dir(svc: Service) -> str | None:
+    """Where a Python service's TMPDIR is, relative to the state dir: its own, so that a
+    shared /tmp (a `/tmp/runner_storage` another user made) does not matter, and the
+    worker's runner storage (`$TMPDIR/runner_storage`, Prefect's runner) is private."""
+    return f"{TMP_DIR}/{svc.name}" if svc.argv and svc.argv[0] in PYTHON_PROGRAMS else None

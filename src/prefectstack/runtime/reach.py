@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 from prefectstack import accounts
@@ -25,6 +26,8 @@ _MARKER = ".source.json"
 _SEARCH = (stat.S_IXUSR, stat.S_IXGRP, stat.S_IXOTH)
 _READ = (stat.S_IRUSR, stat.S_IRGRP, stat.S_IROTH)
 blocking_dir = accounts.blocking_dir
+Check = Callable[[Path], bool]
+"""whether an account can reach a path"""
 
 
 def can_execute(path: Path, user: str) -> bool:
@@ -59,23 +62,23 @@ def linked_copy(source: Path, dest: Path, *, key: Path | None = None) -> Path:
             pass
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.tmp")
-    _remove(tmp)
+    remove(tmp)
     try:
         if source.is_dir():
-            shutil.copytree(source, tmp, symlinks=True, copy_function=_link_or_copy)
+            shutil.copytree(source, tmp, symlinks=True, copy_function=link_or_copy)
         else:
-            _link_or_copy(str(source), str(tmp))
+            link_or_copy(str(source), str(tmp))
     except OSError as exc:
-        _remove(tmp)
+        remove(tmp)
         raise StackError(f"could not copy {source} into {dest.parent}: {exc.strerror}",
                          hint="free some space in the state dir") from None
-    _remove(dest)
+    remove(dest)
     os.replace(tmp, dest)
     marker.write_text(json.dumps(wanted))
     return dest
 
 
-def _link_or_copy(src: str, dst: str) -> str:
+def link_or_copy(src: str, dst: str) -> str:
     try:
         os.link(src, dst)
     except OSError:
@@ -83,7 +86,7 @@ def _link_or_copy(src: str, dst: str) -> str:
     return dst
 
 
-def _remove(path: Path) -> None:
+def remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
@@ -94,9 +97,9 @@ def refresh_copy(source: Path, dest: Path) -> Path:
     """A plain copy of a small tree, refreshed on every call (files people edit)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.tmp")
-    _remove(tmp)
+    remove(tmp)
     shutil.copytree(source, tmp, symlinks=False,
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".git"))
-    _remove(dest)
+    remove(dest)
     os.replace(tmp, dest)
     return dest

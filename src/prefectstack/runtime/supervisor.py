@@ -8,6 +8,9 @@ rest of the stack needs) fails the stack; the units that depend on a failed one 
 
 It never touches real processes or time itself: a `Launcher`, a `Prober` and a clock are
 injected, so the machine is unit-tested with fakes and driven for real by `runtime.local`.
+That driver does not poll: it calls `tick` when something happened (a child exited, a signal
+came) or at `next_deadline`, the earliest time at which a timer of the machine is due (a
+probe, the end of a backoff, a readiness timeout, a stop's grace period).
 """
 
 from __future__ import annotations
@@ -28,6 +31,11 @@ Phase = Literal["starting", "ready", "stopping", "stopped", "failed"]
 
 HEALTH_INTERVAL_SECONDS = 5.0
 ALIVE_READY_SECONDS = 2.0  # an `alive` probe passes once the process has stayed up this long
+STARTING_PROBE_SECONDS = 0.2  # how often a starting daemon is probed until it is ready
+# How often processes being stopped are looked at: a service is stopped only once its
+# descendants (a worker's flow runs, which are not our children) are gone too, and their
+# exit wakes nobody.
+STOP_POLL_SECONDS = 0.2
 
 
 class Proc(Protocol):
@@ -122,6 +130,35 @@ class Supervisor:
         for unit in self.units.values():
             if unit.state in ("pending", "backoff"):
                 unit.state = "stopped"
+
+    def next_deadline(self) -> float | None:
+        """The clock time by which `tick` must run again although no child exits and no
+        signal comes: the earliest timer due (a probe, the end of a backoff, a readiness
+        timeout, a stop to check on). None when only an event can change anything."""
+        if self.done or self.phase == "stopped":
+            return None
+        now = self.clock()
+        if self.phase in ("stopping", "failed"):
+            return now + STOP_POLL_SECONDS
+        due: list[float] = []
+        for unit in self.units.values():
+            svc = unit.svc
+            if unit.state == "pending" and (self._deps_ready(svc) or self._blocked_by(svc)):
+                due.append(now)
+            elif unit.state == "backoff":
+                due.append(unit.next_start_at)
+            elif unit.state == "starting" and unit.started_at is not None:
+                # `_advance` gives up once the timeout is strictly exceeded
+                due.append(unit.started_at + svc.ready_timeout_seconds + 0.001)
+                if svc.kind == "daemon" and svc.probe.kind == "alive":
+                    due.append(unit.started_at + ALIVE_READY_SECONDS)
+                elif svc.kind == "daemon":
+                    due.append(now + STARTING_PROBE_SECONDS)
+            elif unit.state == "ready":
+                due.append(unit.last_health_at + HEALTH_INTERVAL_SECONDS)
+            elif unit.state == "stopping" and unit.proc is not None:
+                due.append(now + STOP_POLL_SECONDS)
+        return min(due, default=None)
 
     @property
     def done(self) -> bool:

@@ -1,6 +1,7 @@
-"""Run as root, give each service that runs unprivileged (PostgreSQL, the edge) what it needs
-to reach, inside the state dir, and refuse clearly when the state dir itself is out of its
-reach. Nothing outside the state dir changes."""
+"""Run as root, give each service that runs unprivileged (PostgreSQL and the edge as
+`prefectstack`, the workers and their flow runs as `prefectstack-flows`) what it needs to
+reach, inside the state dir, and refuse clearly when the state dir itself is out of its
+reach. Nothing outside the state dir changes. (`launch_env` applies as any user.)"""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ from pathlib import Path
 
 from prefectstack.errors import StackError
 from prefectstack.layout import Layout
-from prefectstack.runtime import reach
+from prefectstack.runtime import handover, pgdata, programs, python_mirror, reach
 from prefectstack.runtime.binaries import caddy, postgres_bin_dir
 from prefectstack.stack.model import Stack
 from prefectstack.topology import Service
+
+CA_SETTING = "PREFECT_API_SSL_CERT_FILE"
 
 
 @dataclass
@@ -27,8 +30,8 @@ class Reachable:
 
 def state_dir_error(state_dir: Path, user: str, blocked: Path) -> StackError:
     return StackError(
-        f"the `{user}` account, which runs PostgreSQL and the edge, cannot reach the state "
-        f"dir {state_dir}: it may not enter {blocked}",
+        f"the `{user}` account, which runs PostgreSQL, the edge or the workers, cannot reach "
+        f"the state dir {state_dir}: it may not enter {blocked}",
         hint=(f"set `state_dir:` in the stack file to a place it can reach, e.g. "
               f"/var/lib/prefectstack/<name>; or run prefectstack as a normal user; or allow "
               f"it yourself (chmod o+x {blocked}). prefectstack changes no permission "
@@ -40,6 +43,9 @@ def prepare(stack: Stack, services: list[Service], layout: Layout, flows: Path) 
     """Only called as root. Links what each unprivileged service can't reach into
     `<state dir>/runtime/`."""
     out = Reachable()
+    if any(svc.role == "worker" and svc.run_as for svc in services):
+        # Flow code runs as an account of its own: the services' logs are not its to read.
+        layout.logs.chmod(0o700)
     for svc in services:
         user = svc.run_as
         if not user:
@@ -54,6 +60,15 @@ def prepare(stack: Stack, services: list[Service], layout: Layout, flows: Path) 
             out.programs["caddy"] = _caddy(layout, user)
             if not reach.can_read_tree(flows, user):
                 out.flows = reach.refresh_copy(flows, layout.runtime_dir / "flows")
+        elif svc.role == "worker":
+            mirror = python_mirror.build(layout.runtime_dir / python_mirror.MIRROR_DIR, user)
+            if mirror is not None:
+                out.programs |= programs.for_service(
+                    svc.name, {"prefect": str(mirror.prefect), "python": str(mirror.python)})
+                # The examples' flow files are found beside the package the job imports:
+                # where the worker reaches them too.
+                out.programs |= programs.for_service(
+                    "examples", {"python": str(mirror.python)})
     return out
 
 
@@ -83,3 +98,32 @@ def _caddy(layout: Layout, user: str) -> str:
     if reach.can_execute(binary, user):
         return str(binary)
     return str(reach.linked_copy(binary, layout.runtime_dir / "caddy"))
+
+
+def launch_env(svc: Service, layout: Layout, env: dict[str, str],
+               user: str | None) -> dict[str, str]:
+    """`env` completed right before each start of `svc` (`user`: the account it runs as,
+    None for the supervisor's own).
+
+    - A Python service gets a TMPDIR of its own in the state dir, 0700 and owned by the
+      account that runs it: Prefect's runner keeps flow code in `$TMPDIR/runner_storage`,
+      which another local user could own (or read) in a shared /tmp.
+    - A service run as another account gets its data dir as HOME (root's is closed to it),
+      and the edge's public CA certificate where it may read it (`<state dir>/ca.crt`):
+      the copy in the edge's data dir sits next to the CA's key."""
+    out = dict(env)
+    rel = programs.tmp_dir(svc)
+    if rel:
+        tmp = layout.root / rel
+        tmp.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
+        tmp.mkdir(mode=0o700, exist_ok=True)
+        tmp.chmod(0o700)
+        if user:
+            pgdata.chown_tree(tmp, user)
+        out["TMPDIR"] = str(tmp)
+    if user:
+        if svc.volumes:
+            out["HOME"] = str(layout.volume(svc.volumes[0]))
+        if CA_SETTING in out:
+            out[CA_SETTING] = str(handover.export_ca(layout.root))
+    return out

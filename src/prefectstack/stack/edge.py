@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from prefectstack.stack.base import Port, StrictModel
 from prefectstack.stack.values import check_host
@@ -13,6 +14,75 @@ from prefectstack.urls import LOOPBACK_HOSTS
 
 # Old name, still imported by render/compose.py; new code imports prefectstack.urls.
 LOCAL_HOSTS = LOOPBACK_HOSTS
+
+
+# ACME CAs validate on these ports only (HTTP-01 on 80, TLS-ALPN-01 on 443).
+ACME_HTTPS_PORT = 443
+ACME_HTTP_PORT = 80
+
+
+class IngressConfig(StrictModel):
+    """How `render kubernetes` exposes the stack (ignored by the local and compose targets)."""
+
+    class_name: str | None = Field(
+        "nginx",
+        description=(
+            "The Ingress's `ingressClassName` (ingress-nginx's is `nginx`); null: the "
+            "cluster's default class."
+        ),
+    )
+    tls: Literal["cert-manager", "secret", "edge"] = Field(
+        "cert-manager",
+        description=(
+            "Who terminates TLS for a host name: `cert-manager` (the Ingress, with a "
+            "certificate cert-manager issues: from `issuer`, or from an ACME Issuer rendered "
+            "with `edge.acme_email`), `secret` (the Ingress, with the certificate you put in "
+            "the Secret `secret_name`) or `edge` (no Ingress: Caddy gets its own ACME "
+            "certificate behind a LoadBalancer Service on ports 443/80)."
+        ),
+    )
+    issuer: str | None = Field(
+        None,
+        description=(
+            "A cert-manager ClusterIssuer to use (`tls: cert-manager`). Default: an ACME "
+            "(Let's Encrypt) Issuer rendered in the namespace, which needs `edge.acme_email`."
+        ),
+    )
+    secret_name: str | None = Field(
+        None,
+        description=(
+            "The TLS Secret of the Ingress (`tls: secret`; default `<name>-tls`). You create "
+            "it, e.g. `kubectl create secret tls`."
+        ),
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Address ranges (CIDR) of the Ingress controller, whose X-Forwarded-For the edge "
+            "believes (the sign-in throttle and the audit log then see the real client). "
+            "Never include the range of the stack's own pods: flow code on the workers "
+            "could forge its address. Default: none (the edge sees the controller's address)."
+        ),
+    )
+    allow_unauthenticated: bool = Field(
+        False,
+        description=(
+            "With `edge.enabled: false`: render an Ingress straight to the API, which has "
+            "no users or keys (anyone who reaches it can run code on the workers). Off: no "
+            "Ingress; reach the API with `kubectl port-forward`."
+        ),
+    )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _ranges(cls, ranges: list[str]) -> list[str]:
+        for text in ranges:
+            try:
+                ipaddress.ip_network(text, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"`{text}` is not an address range, e.g. 10.0.0.0/24") from None
+        return ranges
 
 
 class EdgeConfig(StrictModel):
@@ -30,11 +100,19 @@ class EdgeConfig(StrictModel):
         description=(
             "Host name or IP address clients use. `localhost` or an IP address gets a "
             "certificate from the stack's own CA (`tls internal`); a domain name gets an "
-            "ACME (Let's Encrypt) certificate."
+            "ACME (Let's Encrypt) certificate, which needs ports 443 and 80."
         ),
     )
-    https_port: Port = Field(4200, description="HTTPS port of the edge.")
-    http_port: Port = Field(4280, description="Plain-HTTP port; it only redirects to HTTPS.")
+    https_port: Port = Field(
+        4200, description="HTTPS port of the edge (default 443 when `host` is a domain name)."
+    )
+    http_port: Port = Field(
+        4280,
+        description=(
+            "Plain-HTTP port; it only redirects to HTTPS (default 80 when `host` is a domain "
+            "name)."
+        ),
+    )
     acme_email: str | None = Field(
         None, description="Contact address for ACME certificates (domain names only)."
     )
@@ -53,6 +131,36 @@ class EdgeConfig(StrictModel):
             "the bundled flow library."
         ),
     )
+    ingress: IngressConfig = Field(
+        default_factory=IngressConfig,  # type: ignore[arg-type]
+        description="Kubernetes only: the Ingress, its TLS and the proxies the edge trusts.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _acme_ports_by_default(cls, data: Any) -> Any:
+        """A domain name gets an ACME certificate, which the CA validates on 443 and 80."""
+        if isinstance(data, dict) and isinstance(data.get("host"), str):
+            try:
+                acme = not _internal_tls(check_host(data["host"]))
+            except ValueError:
+                return data  # the host's own error is reported
+            if acme:
+                data = {"https_port": ACME_HTTPS_PORT, "http_port": ACME_HTTP_PORT, **data}
+        return data
+
+    @model_validator(mode="after")
+    def _acme_on_its_ports(self) -> EdgeConfig:
+        if self.internal_tls:
+            return self
+        if (self.https_port, self.http_port) != (ACME_HTTPS_PORT, ACME_HTTP_PORT):
+            raise ValueError(
+                f"`{self.host}` gets an ACME (Let's Encrypt) certificate, and the CA checks "
+                f"it on ports 443 and 80 only: https_port {self.https_port} and http_port "
+                f"{self.http_port} could never get one; use 443 and 80 (the default for a "
+                "domain name), or an IP address or localhost for the stack's own CA"
+            )
+        return self
 
     @field_validator("host")
     @classmethod
@@ -86,19 +194,24 @@ class EdgeConfig(StrictModel):
 
     @property
     def internal_tls(self) -> bool:
-        if self.host in LOOPBACK_HOSTS:
-            return True
-        try:
-            ipaddress.ip_address(self.host.strip("[]"))
-            return True
-        except ValueError:
-            return False
+        return _internal_tls(self.host)
 
     @property
     def public_url(self) -> str:
         port = "" if self.https_port == 443 else f":{self.https_port}"
         host = f"[{self.host}]" if ":" in self.host and "[" not in self.host else self.host
         return f"https://{host}{port}"
+
+
+def _internal_tls(host: str) -> bool:
+    """Loopback names and IP addresses get the stack's own CA; domain names ACME."""
+    if host in LOOPBACK_HOSTS:
+        return True
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return True
+    except ValueError:
+        return False
 
 
 class AuthConfig(StrictModel):

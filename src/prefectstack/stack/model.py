@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from prefectstack.stack.base import Port, StrictModel
+from prefectstack.stack.data_safety import BackupConfig, RetentionConfig
 from prefectstack.stack.deployments import (
     ConcurrencyLimits,
     Deployments,
@@ -26,6 +27,9 @@ CURRENT_VERSION = 1
 WORKER_HEALTH_BASE_PORT = 18080  # worker i serves /health on this + i unless set
 
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,39}$")]
+ModuleName = Annotated[
+    str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$", max_length=200)
+]
 # postgresql.conf keys prefectstack sets itself: loopback-only listening and the probed port.
 RESERVED_PG_SETTINGS = ("listen_addresses", "port", "unix_socket_directories")
 
@@ -213,6 +217,17 @@ class WorkerConfig(StrictModel):
         description="How often the worker asks for scheduled runs (PREFECT_WORKER_QUERY_SECONDS): "
         "the longest a due run waits to be picked up.",
     )
+    warm: bool = Field(
+        False,
+        description="Fork each flow run from a warm, pre-imported parent (the warm worker, "
+        "`python -m prefectstack.warm.worker`) instead of starting a fresh interpreter. "
+        "Serves the same `process` pools as the stock worker.",
+    )
+    preload: list[ModuleName] = Field(
+        default_factory=list,
+        description="Modules the warm worker's parent imports once, before forking runs "
+        "(libraries your flows use; never the flows' own modules, which must load fresh).",
+    )
 
 
 class ExamplesConfig(StrictModel):
@@ -279,6 +294,14 @@ class Stack(StrictModel):
     variables: Variables = Field(default_factory=list, description="Prefect variables.")
     secrets: Secrets = Field(
         default_factory=list, description="Secret blocks, valued from env vars or files."
+    )
+    retention: RetentionConfig = Field(
+        default_factory=RetentionConfig,  # type: ignore[arg-type]
+        description="How long runs, logs, events and audit records are kept.",
+    )
+    backup: BackupConfig = Field(
+        default_factory=BackupConfig,  # type: ignore[arg-type]
+        description="Backups of the whole stack (`prefectstack backup`).",
     )
 
     @field_validator("state_dir")

@@ -63,6 +63,7 @@ def build(stack: Stack) -> list[Service]:
         *edge.edge(stack),
         *clients.pools(stack),
         *clients.workers(stack),
+        *clients.reconciler(stack),
         *clients.examples(stack),
     ]
     return order(services)

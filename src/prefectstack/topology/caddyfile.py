@@ -133,11 +133,28 @@ def _proxy(upstreams: Sequence[str], policy: str = "least_conn") -> str:
 \t\t\thealth_interval 5s
 \t\t\thealth_timeout 3s
 \t\t\tflush_interval -1
+\t\t\theader_up -{EDGE_HEADER}
 \t\t}}"""
+
+
+# Set by the edge on every request it handles (the client's own value replaced), from the
+# edge's environment: the auth service trusts X-Forwarded-For and answers /auth/verify only
+# with it (auth/gate.py); the API processes never receive it.
+EDGE_HEADER = "X-Prefectstack-Edge"
+EDGE_SECRET_ENV = "PREFECTSTACK_EDGE_SECRET"
 
 
 # The auth service's answer that the edge copies into the request as Authorization.
 UPSTREAM_AUTH_HEADER = "X-Prefectstack-Upstream-Authorization"
+# POSTs the auth service checks with their body (auth/bodies.py; a test keeps the two in
+# step); every PATCH under /api/flow_runs/ goes there too.
+BODY_CHECKED_POSTS = (
+    "/api/flow_runs",
+    "/api/flow_runs/",
+    "/api/deployments/*/create_flow_run",
+    "/api/deployments/*/create_flow_run/bulk",
+    "/api/block_documents/filter",
+)
 
 
 def _routes(proxy: str, auth: str, flows_dir: str, *, client_ip: bool, pinned: str) -> str:
@@ -146,6 +163,7 @@ def _routes(proxy: str, auth: str, flows_dir: str, *, client_ip: bool, pinned: s
     # service (which reads the last hop) the client address Caddy worked out instead.
     real_ip = "\t\t\theader_up X-Forwarded-For {client_ip}\n" if client_ip else ""
     return f"""\
+\trequest_header {EDGE_HEADER} {{env.{EDGE_SECRET_ENV}}}
 \tencode zstd gzip
 \theader {{
 \t\tStrict-Transport-Security "max-age=31536000; includeSubDomains"
@@ -183,6 +201,26 @@ def _routes(proxy: str, auth: str, flows_dir: str, *, client_ip: bool, pinned: s
 \thandle @websockets {{
 \t\treverse_proxy {auth} {{
 \t\t\tflush_interval -1
+{real_ip}\t\t}}
+\t}}
+
+\t# Writes whose body decides the role they need (job_variables on a new run, a run's
+\t# infrastructure fields): forward_auth never sees a body, so the auth service judges
+\t# these itself, body included, and proxies them to an API process (auth/guard.py).
+\t@runpatch {{
+\t\tmethod PATCH
+\t\tpath /api/flow_runs/*
+\t}}
+\t@runcreate {{
+\t\tmethod POST
+\t\tpath {" ".join(BODY_CHECKED_POSTS)}
+\t}}
+\thandle @runpatch {{
+\t\treverse_proxy {auth} {{
+{real_ip}\t\t}}
+\t}}
+\thandle @runcreate {{
+\t\treverse_proxy {auth} {{
 {real_ip}\t\t}}
 \t}}
 

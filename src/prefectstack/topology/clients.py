@@ -3,6 +3,7 @@ the one-shot that registers the example deployments."""
 
 from __future__ import annotations
 
+from prefectstack.accounts import flows_account
 from prefectstack.stack.model import Stack
 from prefectstack.topology import stack_secrets
 from prefectstack.topology.placeholders import BIND_HOST, port
@@ -20,8 +21,14 @@ def workers(stack: Stack) -> list[Service]:
     for i, worker in enumerate(stack.workers):
         listen = worker_health_port(stack, i)
         home = f"home-{worker.name}"
+        # The warm worker takes `prefect worker start`'s arguments (it runs that command
+        # with its own worker class for `process` pools).
+        launcher = (
+            ("python", "-m", "prefectstack.warm.worker") if worker.warm
+            else ("prefect", "worker", "start")
+        )
         argv: tuple[str, ...] = (
-            "prefect", "worker", "start", "--pool", worker.pool, "--type", worker.type,
+            *launcher, "--pool", worker.pool, "--type", worker.type,
             "--name", worker.name, "--with-healthcheck",
         )
         if worker.limit:
@@ -31,6 +38,8 @@ def workers(stack: Stack) -> list[Service]:
             "PREFECT_WORKER_WEBSERVER_PORT": port(worker.name),
             "PREFECT_WORKER_QUERY_SECONDS": f"{worker.poll_seconds:g}",
         }
+        if worker.preload:
+            env["PREFECTSTACK_WARM_PRELOAD"] = ",".join(worker.preload)
         out.append(
             Service(
                 name=worker.name,
@@ -45,6 +54,9 @@ def workers(stack: Stack) -> list[Service]:
                 depends_on=(*client_deps(stack), "pools"),
                 probe=Probe("http", port=listen, path="/health"),
                 essential=False,
+                # Flow code runs in the worker's children: never as the account that owns
+                # the stack's secrets, the auth store or PostgreSQL's data.
+                run_as=flows_account(stack.postgres.os_user),
             )
         )
     return out
@@ -89,5 +101,28 @@ def examples(stack: Stack) -> list[Service]:
             volumes=("home-examples",),
             depends_on=(*client_deps(stack), "pools"),
             probe=Probe("exit"),
+        )
+    ]
+
+
+def reconciler(stack: Stack) -> list[Service]:
+    """The daemon that marks Crashed the flow runs whose worker or process died on this host
+    (`prefectstack.jobs.reconcile`). It judges by this host's processes, so it runs beside
+    the local backend only: in containers, each worker's restart is a fresh container."""
+    if not stack.workers:
+        return []
+    return [
+        Service(
+            name="reconcile",
+            role="reconcile",
+            kind="daemon",
+            argv=("python", "-m", "prefectstack.jobs.reconcile"),
+            env=client_env(stack, "home-reconcile", stack_secrets.WORKER_API_KEY),
+            public_edge_env=public_edge_env(stack),
+            volumes=("home-reconcile",),
+            depends_on=client_deps(stack),
+            probe=Probe("alive"),
+            essential=False,
+            local_only=True,
         )
     ]

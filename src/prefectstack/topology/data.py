@@ -42,9 +42,19 @@ def redis(stack: Stack) -> list[Service]:
             settings={
                 "protected-mode": "yes",
                 "requirepass": secret(stack_secrets.REDIS_PASSWORD),
+                # What Redis holds must survive a restart: the concurrency leases (their
+                # slots are counted in PostgreSQL and are only given back through them),
+                # events not yet persisted in the messaging streams, docket's scheduled
+                # tasks. So the append-only file stays, fsynced every second...
                 "appendonly": "yes",
                 "appendfsync": "everysec",
                 "save": "",  # no RDB snapshots: the append-only file is the persistence
+                # ...but the dataset is small while the log of writes that made it grows
+                # (~17 MB an idle hour: stream trims, lease renewals, docket's heartbeats).
+                # Compact it once it is twice its last compacted size and at least 4 MB,
+                # not only at Redis's default 64 MB.
+                "auto-aof-rewrite-percentage": "100",
+                "auto-aof-rewrite-min-size": "4mb",
                 "maxmemory-policy": "noeviction",
             },
             ports=(stack.redis.port,),

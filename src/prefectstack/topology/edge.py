@@ -51,6 +51,7 @@ def auth(stack: Stack) -> list[Service]:
                 "PREFECTSTACK_AUTH_DIR": directory("auth"),
                 "PREFECTSTACK_PUBLIC_URL": public_url(stack),
                 "PREFECTSTACK_SESSION_HOURS": str(stack.auth.session_hours),
+                "PREFECTSTACK_AUDIT_RETENTION_DAYS": str(stack.retention.audit_days),
                 "PREFECTSTACK_ADMIN_PASSWORD": secret(stack_secrets.ADMIN_PASSWORD),
                 "PREFECTSTACK_SERVICE_KEYS": json.dumps(keys),
                 # The websocket relay's upstreams: the API processes, tried in turn.
@@ -58,6 +59,8 @@ def auth(stack: Stack) -> list[Service]:
                 # What a request the auth service let through carries on to the API (the
                 # edge copies it in as Authorization), and the relay's in-band token.
                 "PREFECTSTACK_API_AUTH_STRING": api_auth_string(),
+                # Proof that a request comes from the edge (auth/gate.py).
+                "PREFECTSTACK_EDGE_SECRET": secret(stack_secrets.EDGE_SECRET),
             },
             ports=(stack.auth.port,),
             volumes=("auth",),
@@ -89,7 +92,9 @@ def edge(stack: Stack) -> list[Service]:
             argv=("caddy", "run", "--config", directory(EDGE_CONFIG) + "/Caddyfile",
                   "--adapter", "caddyfile"),
             env={"HOME": directory("edge"), "XDG_DATA_HOME": EDGE_STORAGE,
-                 "XDG_CONFIG_HOME": directory("edge") + "/config"},
+                 "XDG_CONFIG_HOME": directory("edge") + "/config",
+                 # The Caddyfile adds it to requests to the auth service (never to the API).
+                 "PREFECTSTACK_EDGE_SECRET": secret(stack_secrets.EDGE_SECRET)},
             ports=(config.https_port, config.http_port),
             volumes=("edge",),
             depends_on=(AUTH_SERVICE, FIRST_API),

@@ -11,7 +11,7 @@ LOOPBACK = "127.0.0.1"
 
 ProbeKind = Literal["pg", "redis", "http", "tcp", "alive", "exit"]
 Role = Literal["postgres", "redis", "db-init", "migrate", "api", "services", "auth", "edge",
-               "pools", "worker", "examples"]
+               "pools", "worker", "examples", "reconcile"]
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,9 @@ class Service:
     essential: bool = True
     """False for a service the rest of the stack does not need (a worker): when it crash-
     loops the supervisor gives up on it alone and keeps everything else running"""
+    local_only: bool = False
+    """True for a service that only makes sense beside the local backend's processes (the
+    run reconciler looks at this host's processes): the container renderers leave it out"""
 
     @property
     def texts(self) -> tuple[str, ...]:

@@ -143,9 +143,30 @@ def server_env(stack: Stack, home: str, docket: str = SERVICES_DOCKET_NAME) -> d
         "PREFECT_SERVER_UI_API_URL": f"{public_url(stack)}/api",
         "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
         "PREFECT_SERVER_API_AUTH_STRING": api_auth_string(),
+        **retention_env(stack),
         **stack.api.settings,
         **redis_env(stack),
     }
+
+
+DAY_SECONDS = 86400
+
+
+def retention_env(stack: Stack) -> dict[str, str]:
+    """Prefect's own vacuum (verified in prefect/settings/models/server/services.py and
+    events.py): events always; flow runs (with their logs, task runs and artifacts, and
+    the orphan cleanup it implies) unless kept forever. The events' period is a plain
+    timedelta (ISO 8601 duration; pydantic refuses bare seconds there), the vacuum's takes
+    seconds."""
+    retention = stack.retention
+    env = {"PREFECT_SERVER_EVENTS_RETENTION_PERIOD": f"P{retention.events_days}D"}
+    if retention.flow_runs_days is None:
+        env["PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED"] = "events"
+    else:
+        env["PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED"] = "events,flow_runs"
+        env["PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD"] = str(
+            retention.flow_runs_days * DAY_SECONDS)
+    return env
 
 
 def service_key_label(key: str) -> str:

@@ -15,6 +15,11 @@ DEPLOYER_API_KEY = "deployer_api_key"
 # the stack's processes and, without an edge, the stack's clients hold it.
 API_PASSWORD = "api_password"
 API_USER = "prefectstack"
+# What the edge adds to every request it sends to the auth service (X-Prefectstack-Edge):
+# the auth service answers nothing but its sign-in page without it, so a local user can't
+# ask `/auth/verify` for the API's own credentials or choose the X-Forwarded-For address
+# it is throttled and audited under.
+EDGE_SECRET = "edge_secret"
 
 # The auth store's name for each of the stack's own keys (also the label in the auth string)
 # and the role it has.

@@ -1,0 +1,86 @@
+"""Data safety as stack-file sections: how long Prefect keeps its history (`retention:`) and
+how the stack is backed up (`backup:`). Pure."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from cronsim import CronSim, CronSimError
+from pydantic import Field, field_validator, model_validator
+
+from prefectstack.stack.base import StrictModel
+
+
+class RetentionConfig(StrictModel):
+    """How long history is kept; Prefect's own vacuum service deletes what is older."""
+
+    flow_runs_days: int | None = Field(
+        30, ge=1, le=3650,
+        description=(
+            "Finished flow runs older than this many days are deleted, with their logs, task "
+            "runs and artifacts (PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD). `null` "
+            "keeps them forever."
+        ),
+    )
+    events_days: int = Field(
+        7, ge=1, le=3650,
+        description="Events older than this many days are deleted "
+        "(PREFECT_SERVER_EVENTS_RETENTION_PERIOD).",
+    )
+    audit_days: int = Field(
+        90, ge=1, le=3650,
+        description="Audit-log records of the auth service older than this many days are "
+        "deleted.",
+    )
+
+
+class BackupKeep(StrictModel):
+    """How many scheduled backups are kept: the newest of each day, ISO week and month."""
+
+    daily: int = Field(7, ge=0, le=366, description="Daily backups kept.")
+    weekly: int = Field(4, ge=0, le=520, description="Weekly backups kept.")
+    monthly: int = Field(6, ge=0, le=240, description="Monthly backups kept.")
+
+    @model_validator(mode="after")
+    def _keeps_something(self) -> BackupKeep:
+        if self.daily + self.weekly + self.monthly == 0:
+            raise ValueError("keep at least one backup (daily, weekly or monthly above 0)")
+        return self
+
+
+class BackupConfig(StrictModel):
+    """Backups of the whole stack: database, auth store, edge CA, secrets, stack file."""
+
+    schedule: str = Field(
+        "0 3 * * *",
+        description="When scheduled backups run: a cron expression (5 fields, UTC). A backup "
+        "older than one interval of it shows as overdue in `status`.",
+    )
+    destination: str | None = Field(
+        None,
+        description="Directory backups are written to (relative to the stack file); default: "
+        "`<state_dir>/backups`.",
+    )
+    keep: BackupKeep = Field(
+        default_factory=BackupKeep,  # type: ignore[arg-type]
+        description="Retention of scheduled backups; only backups prefectstack made are pruned.",
+    )
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, schedule: str) -> str:
+        if len(schedule.split()) != 5:
+            raise ValueError(f"`{schedule}` is not a cron expression of 5 fields, "
+                             "e.g. `0 3 * * *` (03:00 UTC daily)")
+        try:
+            CronSim(schedule, datetime(2000, 1, 1, tzinfo=UTC))
+        except CronSimError as exc:
+            raise ValueError(f"`{schedule}` is not a valid cron expression: {exc}") from None
+        return schedule
+
+    @field_validator("destination")
+    @classmethod
+    def _destination(cls, destination: str | None) -> str | None:
+        if destination is not None and (not destination.strip() or "\0" in destination):
+            raise ValueError("give a directory path, e.g. `/var/backups/prefectstack`")
+        return destination
