@@ -18,10 +18,32 @@ import pytest
 pytestmark = pytest.mark.integration
 
 
+_HANDED_OUT: set[int] = set()
+_STRIDE = 10  # room for ports a stack derives from one (API replicas take port+1, ...)
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port that is free now and was never handed out before in this test process.
+
+    Asking the OS for port 0 can return the same port twice before either is bound (seen:
+    PostgreSQL and the auth service both got 41655), and an ephemeral port can be taken by
+    any outgoing connection meanwhile. So each pytest-xdist worker takes ports from its own
+    range below Linux's ephemeral range (32768+), every `_STRIDE`-th port, skipping any in
+    use."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    start = 10000 + (index % 4) * 5000
+    for port in range(start, start + 5000, _STRIDE):
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError(f"no free port left in {start}-{start + 5000}")
 
 
 def stack_yaml(**ports: int) -> str:
