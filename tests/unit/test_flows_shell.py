@@ -20,3 +20,12 @@ def test_the_command_is_the_deployments_job_variable(monkeypatch: pytest.MonkeyP
 def test_no_parameter_becomes_shell_text_or_the_environment() -> None:
     assert list(inspect.signature(shell_command.fn).parameters) == [
         "args", "timeout_seconds", "tail_lines"]
+
+
+def test_the_windows_flow_takes_no_command_either() -> None:
+    """The other bundled command runner: a run chooses neither the command nor its working
+    directory or environment (an operator may start runs)."""
+    from prefectstack.flows.windows import windows_command
+
+    assert list(inspect.signature(windows_command.fn).parameters) == [
+        "timeout_seconds", "tail_lines"]

@@ -22,6 +22,8 @@ from prefect import flow, get_run_logger
 from prefectstack.flows._common import run_streaming
 
 WINDOWS_QUEUE = "windows"
+# Set by the deployment (job variables), never by a run: see `windows_command`.
+WINDOWS_COMMAND_ENV = "PREFECTSTACK_WINDOWS_COMMAND"
 DEFAULT_COMMAND = (
     "echo Created by prefectstack on %COMPUTERNAME% > prefectstack-hello.txt"
     " && type prefectstack-hello.txt"
@@ -48,19 +50,20 @@ def require_windows(system: str | None = None) -> None:
 
 @flow(name="windows-command")
 def windows_command(
-    command: str = DEFAULT_COMMAND,
-    cwd: str | None = None,
-    env: dict[str, str] | None = None,
     timeout_seconds: float | None = 3600,
     tail_lines: int = 20,
 ) -> int:
-    """Run `command` with `cmd.exe /d /s /c`, logging each output line as it arrives.
+    """Run the deployment's cmd.exe command with `cmd.exe /d /s /c`, logging each output
+    line as it arrives.
+
+    What runs is the deployment's decision, never a run's: the command comes from the
+    environment variable `PREFECTSTACK_WINDOWS_COMMAND`, set in the deployment's job
+    variables (only a developer may set job variables); without it, the default writes
+    `prefectstack-hello.txt` in the working directory and prints it, as the seed documents'
+    Windows example does. An operator who starts a run cannot change the command, its
+    working directory or its environment.
 
     Args:
-        command: The cmd.exe command line. The default writes `prefectstack-hello.txt` in the
-            working directory and prints it, as the seed documents' Windows example does.
-        cwd: Working directory; defaults to the worker's working directory.
-        env: Extra environment variables, added to the worker's environment.
         timeout_seconds: Kill the command (and its process tree) after this long.
         tail_lines: How many of the last output lines to quote in the failure message.
 
@@ -69,6 +72,7 @@ def windows_command(
         `CommandFailed`/`CommandTimedOut` (quoting the output's tail) as `shell-command` does.
     """
     require_windows()
+    command = os.environ.get(WINDOWS_COMMAND_ENV) or DEFAULT_COMMAND
     logger = get_run_logger()
     logger.info("running with cmd.exe: %s", command)
     # One string, not a list: cmd.exe does not understand the backslash-escaped quotes that
@@ -76,8 +80,6 @@ def windows_command(
     return run_streaming(
         f'{os.environ.get("COMSPEC", "cmd.exe")} /d /s /c "{command}"',
         log=logger.info,
-        cwd=cwd,
-        env=env,
         timeout_seconds=timeout_seconds,
         tail_lines=tail_lines,
         encoding="oem",  # cmd.exe writes in the console's OEM code page
