@@ -188,7 +188,7 @@ def spawn(
             group=gid,
             extra_groups=groups,
             start_new_session=True,
-            preexec_fn=_die_with_parent(death_signal),
+            preexec_fn=_chain(_die_with_parent(death_signal), _default_sigint()),
         )
     except FileNotFoundError:
         raise StackError(f"program not found: {argv[0]}") from None
@@ -219,6 +219,39 @@ def _die_with_parent(sig: int) -> Callable[[], None] | None:
         prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
         if os.getppid() != parent:  # we died between fork and prctl: nobody will signal it
             os._exit(1)  # not os.kill: our inherited Python handlers would only set a flag
+
+    return hook
+
+
+def _default_sigint() -> Callable[[], None] | None:
+    """A pre-exec hook that gives the program SIGINT's default action back.
+
+    An ignored signal stays ignored across exec, and we may run with SIGINT ignored (as a
+    shell's background job, under nohup, in pytest-xdist's workers). Prefect's worker stops
+    on SIGTERM by sending itself SIGINT: inheriting the ignore, it never stopped (seen:
+    `worker join` hung after SIGTERM). Caught handlers are reset by exec anyway; this resets
+    an ignore. libc's signal() is looked up here, before the fork."""
+    if os.name != "posix":
+        return None
+    libc_signal = ctypes.CDLL(None, use_errno=True).signal
+    libc_signal.restype = ctypes.c_void_p
+    libc_signal.argtypes = (ctypes.c_int, ctypes.c_void_p)
+    sigint = int(signal.SIGINT)
+
+    def hook() -> None:
+        libc_signal(sigint, None)  # SIG_DFL
+
+    return hook
+
+
+def _chain(*hooks: Callable[[], None] | None) -> Callable[[], None] | None:
+    present = [h for h in hooks if h is not None]
+    if not present:
+        return None
+
+    def hook() -> None:
+        for each in present:
+            each()
 
     return hook
 
@@ -315,7 +348,8 @@ def run_foreground(argv: Sequence[str], *, env: Mapping[str, str]) -> int:
     posix = os.name == "posix"
     try:
         # Its own session on POSIX, so a Ctrl-C reaches it once (through us), not twice.
-        popen = subprocess.Popen(list(argv), env=dict(env), start_new_session=posix)
+        popen = subprocess.Popen(list(argv), env=dict(env), start_new_session=posix,
+                                 preexec_fn=_default_sigint())
     except FileNotFoundError:
         raise StackError(f"program not found: {argv[0]}") from None
 

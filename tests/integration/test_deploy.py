@@ -324,7 +324,7 @@ def git(*args: str, cwd: Path) -> None:
 
 
 def test_a_git_sourced_deployment_runs_on_the_stacks_worker(
-    stack: Path, tmp_path_factory: pytest.TempPathFactory
+    stack: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     repos = tmp_path_factory.mktemp("git")
     git("init", "--bare", "--initial-branch=main", "flows.git", cwd=repos)
@@ -334,7 +334,14 @@ def test_a_git_sourced_deployment_runs_on_the_stacks_worker(
     git("add", ".", cwd=repos / "checkout")
     git("commit", "-m", "a flow", cwd=repos / "checkout")
     git("push", "origin", "main", cwd=repos / "checkout")
-    flows_writable(repos / "flows.git")  # git refuses a repository of another owner
+    # git refuses a repository of another owner: the flows account clones it (run as root)
+    # so it owns it, and `deploy apply`, run as root here, is told it is safe through a
+    # global config file of the test's own (GIT_CONFIG_GLOBAL; command-line settings don't
+    # reach git-upload-pack), never through the host's git config.
+    flows_writable(repos / "flows.git")
+    gitconfig = repos / "gitconfig"
+    gitconfig.write_text(f"[safe]\n\tdirectory = {repos / 'flows.git'}\n")
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(gitconfig))
     url = f"file://{repos / 'flows.git'}"
     config = config_of(stack)
     config["deployments"].append({

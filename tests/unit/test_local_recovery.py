@@ -401,7 +401,10 @@ class Leftovers:
 
     def start(self, name: str, script: str, stop_signal: str = "SIGTERM",
               ready: Path | None = None) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(["sh", "-c", script], start_new_session=True)
+        # SIGINT back to its default: a shell can't trap a signal it was started with
+        # ignored, and pytest-xdist's workers run with SIGINT ignored.
+        proc = subprocess.Popen(["sh", "-c", script], start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         self.procs.append(proc)
         self.services.append(state.ServiceState(
             name=name, kind="daemon", state="ready", pid=proc.pid,

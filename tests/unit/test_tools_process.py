@@ -44,3 +44,28 @@ def test_a_service_counts_as_stopped_only_once_its_detached_children_are_gone(
     proc.send(signal.SIGKILL)  # the supervisor's escalation after the grace period
     _wait(lambda: proc.poll() is not None)
     assert not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in detached)
+
+
+def test_programs_get_sigint_back_even_when_we_run_with_it_ignored(tmp_path: Path) -> None:
+    """Started with SIGINT ignored (a background job, nohup, pytest-xdist), we must not pass
+    the ignore on: Prefect's worker stops on SIGTERM by sending itself SIGINT, and with the
+    ignore inherited `worker join` never stopped."""
+    import os
+    import sys
+
+    probe = ("import signal, sys; open(sys.argv[1], 'w')"
+             ".write(str(signal.getsignal(signal.SIGINT) is signal.SIG_IGN))")
+    spawned, foreground = tmp_path / "spawned", tmp_path / "foreground"
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with (tmp_path / "log").open("wb") as log:
+            proc = tools.spawn([sys.executable, "-c", probe, str(spawned)],
+                               env=dict(os.environ), log=log, cwd=tmp_path)
+            _wait(lambda: proc._popen.poll() is not None, 60)
+        code = tools.run_foreground([sys.executable, "-c", probe, str(foreground)],
+                                    env=dict(os.environ))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert spawned.read_text() == "False"  # the ignore was not inherited
+    assert code == 0
+    assert foreground.read_text() == "False"
