@@ -187,11 +187,17 @@ def log_problems(logs_dir: Path, allowed: tuple[tuple[str, str], ...] = ()) -> l
     for path in sorted(logs_dir.glob("*.log")):
         service = path.stem
         record_allowed = False
+        in_traceback = False
         for line in path.read_text(errors="replace").splitlines():
             if _RECORD_START.match(line) or line.startswith(("DETAIL:", "STATEMENT:", "---")):
                 record_allowed = any(svc == service and rx.search(line) for svc, rx in rules)
             if "Unknown task" in line or (_PROBLEM.search(line) and not record_allowed):
                 problems.append(f"{path.name}: {line[:300]}")
+                in_traceback = line.startswith("Traceback ")
+            elif in_traceback and line[:1] not in ("", " ", "\t"):
+                # The exception a traceback ends with says what happened: keep it with it.
+                problems.append(f"{path.name}:   -> {line[:300]}")
+                in_traceback = False
     return problems
 
 
