@@ -232,6 +232,8 @@ def running_stack(tmp_path_factory: pytest.TempPathFactory, replicas: int) -> It
   settings:
     PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS: "2"
 """)
+    # Scheduled backups every minute (default: 03:00 UTC daily), pruned to `backup.keep`.
+    text += 'backup:\n  schedule: "* * * * *"\n'
     (root / "stack.yaml").write_text(text)
     (root / "ports.json").write_text(json.dumps(ports))
     shutil.copy(FLOWS, root / "promises_flows.py")
@@ -640,6 +642,25 @@ def test_no_legitimate_work_was_refused(stack: Stack) -> None:
     refused = [r for r in stack.audit("--since", "2h")
                if r["status"] in (401, 403, 429) and r["key_prefix"] in legit]
     assert not refused, json.dumps(refused, indent=1)
+
+
+def test_scheduled_backups_are_taken_and_pruned_to_the_policy(stack: Stack) -> None:
+    """The `backup` service backs up on its schedule (every minute here) and prunes to
+    `backup.keep`: of the backups made within one day, only the newest is kept."""
+    log = stack.root / "state" / "logs" / "backup.log"
+
+    def written() -> list[str]:
+        lines = [line for line in log.read_text().splitlines() if "backup written:" in line]
+        return lines if len(lines) >= 2 else []
+
+    wait_for(written, stack.wait(240), "two scheduled backups", 5)
+    listed = json.loads(cli("backup", "list", "--json", cwd=stack.root).stdout)
+    backups = listed["backups"]
+    assert backups and all(b["valid"] for b in backups), backups
+    assert len(backups) == len({b["created_at"][:10] for b in backups}), backups  # 1 a day
+    assert listed["last"]["ok"] and listed["last"]["schedule"] == "* * * * *", listed["last"]
+    for backup in backups:
+        assert Path(backup["file"]).stat().st_mode & 0o777 == 0o600, backup
 
 
 def test_services_are_healthy_and_no_log_shows_a_problem(stack: Stack) -> None:

@@ -39,7 +39,8 @@ def resolver(the_stack: Stack) -> Resolver:
     services = topology.build(the_stack)
     values = {n: f"<{n}>" for n in topology.secret_names(services)}
     return Resolver(Layout(Path("/state")), values | topology.external_values(the_stack),
-                    {"flows": "/flows"}, {s.name: s.ports[0] for s in services if s.ports},
+                    {"flows": "/flows", "stack_file": "/stack.yaml", "stack_base": "/"},
+                    {s.name: s.ports[0] for s in services if s.ports},
                     topology.public_url(the_stack))
 
 
@@ -78,7 +79,7 @@ def test_default_services() -> None:
     names = [s.name for s in topology.build(stack())]
     assert names == [
         "postgres", "redis", "db-init", "migrate", "api-1", "services", "auth", "edge",
-        "pools", "worker-1", "reconcile", "examples",
+        "pools", "worker-1", "reconcile", "examples", "backup",
     ]
     no_edge = [s.name for s in topology.build(stack(edge={"enabled": False}))]
     assert "edge" not in no_edge and "auth" not in no_edge
@@ -360,3 +361,11 @@ def test_a_localhost_edge_listens_on_loopback_only() -> None:
     assert "bind" not in public["edge"].files[caddyfile]
     chosen = local(edge={"host": "prefect.example.com", "bind": ["10.0.0.5"]})
     assert "\tbind 10.0.0.5\n" in chosen["edge"].files[caddyfile]
+
+
+def test_scheduled_backups_run_beside_a_local_database_only() -> None:
+    svc = local()["backup"]
+    assert svc.argv[-2:] == ("/stack.yaml", "/")  # it loads the stack file as `up` did
+    assert svc.inherit_env and svc.local_only and not svc.essential
+    assert "backup" not in build(postgres=EXTERNAL_PG)  # the server's owner backs it up
+    assert "backup" not in build(backup={"enabled": False})

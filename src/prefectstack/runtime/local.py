@@ -97,7 +97,8 @@ class LocalLauncher:
             tuple(self.resolve(a) for a in programs.argv(svc)), self.stack.postgres.mode,
             self.stack.redis.mode, programs.paths_for(svc, self.program_paths),
         )
-        env = _base_env() | {k: self.resolve(v) for k, v in programs.env(svc).items()}
+        base = _inherited_env() if svc.inherit_env else _base_env()
+        env = base | {k: self.resolve(v) for k, v in programs.env(svc).items()}
         log = self._log(svc.name)
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         with contextlib.suppress(OSError):  # a full disk must not stop a restart
@@ -128,6 +129,13 @@ def _base_env() -> dict[str, str]:
     return env
 
 
+def _inherited_env() -> dict[str, str]:
+    """The supervisor's environment, as `up` had it, less the user's Prefect settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
 def prepare(
     loaded: LoadedStack, services: list[Service],
 ) -> tuple[Layout, Resolver, dict[str, str]]:
@@ -147,8 +155,12 @@ def prepare(
         for account in {svc.run_as for svc in services if svc.run_as}:
             pgdata.ensure_os_user(account)
         reachable = unprivileged.prepare(loaded.stack, services, layout, flows)
+    source = Path(loaded.source)
+    paths = {"flows": str(reachable.flows or flows),
+             "stack_file": str(source.resolve()) if source.is_file() else "",
+             "stack_base": str(loaded.base_dir)}
     resolve = Resolver(
-        layout, values, {"flows": str(reachable.flows or flows)},
+        layout, values, paths,
         {svc.name: svc.ports[0] for svc in services if svc.ports},
         topology.public_url(loaded.stack) if loaded.stack.edge.enabled else "",
     )

@@ -51,6 +51,12 @@ class BackupKeep(StrictModel):
 class BackupConfig(StrictModel):
     """Backups of the whole stack: database, auth store, edge CA, secrets, stack file."""
 
+    enabled: bool = Field(
+        True,
+        description="Take backups on `schedule`: the local stack runs a supervised `backup` "
+        "service (a stack with its own PostgreSQL only). `false`: only `prefectstack backup` "
+        "makes them.",
+    )
     schedule: str = Field(
         "0 3 * * *",
         description="When scheduled backups run: a cron expression (5 fields, UTC). A backup "

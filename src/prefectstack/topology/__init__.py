@@ -65,5 +65,6 @@ def build(stack: Stack) -> list[Service]:
         *clients.workers(stack),
         *clients.reconciler(stack),
         *clients.examples(stack),
+        *data.backup(stack),
     ]
     return order(services)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefectstack.stack.model import Stack
 from prefectstack.topology import stack_secrets
-from prefectstack.topology.placeholders import address, secret
+from prefectstack.topology.placeholders import address, host_path, secret
 from prefectstack.topology.service import Probe, Service
 from prefectstack.topology.settings import database_url, server_env
 
@@ -98,3 +98,26 @@ def migrate(stack: Stack) -> Service:
         probe=Probe("exit"),
         ready_timeout_seconds=600.0,
     )
+
+
+def backup(stack: Stack) -> list[Service]:
+    """Scheduled backups (`backup.schedule`, pruned to `backup.keep`): `prefectstack backup`
+    on a timer, supervised like the rest (`prefectstack.runtime.backup_schedule`). Beside
+    the local backend only, of a stack with its own PostgreSQL: the Compose renderer has its own
+    backup service, and an external server is backed up by its owner."""
+    if not stack.backup.enabled or stack.postgres.mode == "external":
+        return []
+    return [
+        Service(
+            name="backup",
+            role="backup",
+            kind="daemon",
+            argv=("python", "-m", "prefectstack.runtime.backup_schedule",
+                  host_path("stack_file"), host_path("stack_base")),
+            depends_on=("migrate",),
+            probe=Probe("alive"),
+            essential=False,
+            inherit_env=True,
+            local_only=True,
+        )
+    ]

@@ -11,7 +11,7 @@ LOOPBACK = "127.0.0.1"
 
 ProbeKind = Literal["pg", "redis", "http", "tcp", "alive", "exit"]
 Role = Literal["postgres", "redis", "db-init", "migrate", "api", "services", "auth", "edge",
-               "pools", "worker", "examples", "reconcile"]
+               "pools", "worker", "examples", "reconcile", "backup"]
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,9 @@ class Service:
     essential: bool = True
     """False for a service the rest of the stack does not need (a worker): when it crash-
     loops the supervisor gives up on it alone and keeps everything else running"""
+    inherit_env: bool = False
+    """True for a job that loads the stack file as `up` did (`${VAR}`s included): it gets the
+    supervisor's environment (less Prefect's settings) instead of a clean one"""
     local_only: bool = False
     """True for a service that only makes sense beside the local backend's processes (the
     run reconciler looks at this host's processes): the container renderers leave it out"""
