@@ -16,6 +16,7 @@ from prefectstack import tools
 from prefectstack.cli import cli, progress
 from prefectstack.cli import up as up_cli
 from prefectstack.deploy import apply
+from prefectstack.errors import StackError
 from prefectstack.runtime import backend, local, ports, state
 from prefectstack.stack.loader import LoadedStack
 
@@ -127,6 +128,33 @@ def test_detached_applies_before_returning(
     assert progress[0].startswith("supervisor started in the background")
     assert [line.split(" after ")[0].split(" in ")[0] for line in progress[1:]] == [
         "postgres ready", "migrate completed", "stack ready"]
+
+
+def test_detached_with_a_unit_given_up_on_says_what_is_missing_and_exits_5(
+    stack_file: Path, calls: list[tuple[str, bool]], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The rest keeps running (no `down`), but `up` does not claim success, nor apply the
+    stack file's deployments to a stack without its API."""
+    me = os.getpid()
+    done = snapshot("ready", postgres="ready", migrate="completed", **{"api-1": "failed"})
+    done.services.append(state.ServiceState(name="edge", kind="daemon", state="blocked"))
+
+    def noop(*_args: Any, **_kwargs: Any) -> None:
+        return None
+
+    monkeypatch.setattr(local, "check_not_running", noop)
+    monkeypatch.setattr(ports, "check_free", noop)
+    monkeypatch.setattr(tools, "spawn_detached", lambda *_a, **_k: me)
+    monkeypatch.setattr(state, "read", lambda _dir: done)
+    monkeypatch.setattr(up_cli, "POLL_SECONDS", 0)
+    result = CliRunner().invoke(cli, ["up", "--detach", "-f", str(stack_file)])
+    error = result.exception
+    assert isinstance(error, StackError) and error.exit_code == 5, result.output
+    assert calls == []
+    assert error.message.startswith(
+        "the stack started without: api-1 failed after 0 restarts, last exit code 1; "
+        "edge blocked"), error.message
+    assert "prefectstack logs api-1" in str(error.hint)
 
 
 def test_on_a_terminal_rich_draws_the_lines_under_a_spinner(

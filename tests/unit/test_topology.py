@@ -369,3 +369,9 @@ def test_scheduled_backups_run_beside_a_local_database_only() -> None:
     assert svc.inherit_env and svc.local_only and not svc.essential
     assert "backup" not in build(postgres=EXTERNAL_PG)  # the server's owner backs it up
     assert "backup" not in build(backup={"enabled": False})
+
+
+@stacks
+def test_only_the_data_tier_stops_the_stack_when_it_gives_up(data: dict[str, Any]) -> None:
+    essential = {name for name, svc in build(**data).items() if svc.essential}
+    assert essential == {"postgres", "redis", "db-init", "migrate"} & set(build(**data))

@@ -15,6 +15,7 @@ from prefectstack.errors import StackError
 from prefectstack.layout import Layout
 
 if TYPE_CHECKING:
+    from prefectstack.runtime.state import StackState
     from prefectstack.stack.loader import LoadedStack
 
 READY_TIMEOUT_SECONDS = 900
@@ -144,6 +145,7 @@ def _up_detached(loaded: LoadedStack, stack_path: str | None, progress: StartPro
                 progress.update(current)
                 if current.phase == "ready":
                     progress.finish(current)
+                    _raise_if_incomplete(current)
                     ready(loaded, True)
                     if current.message:
                         console.warn(current.message)
@@ -164,6 +166,33 @@ def _up_detached(loaded: LoadedStack, stack_path: str | None, progress: StartPro
     what = "failed to start" if seen_alive else "supervisor exited before starting"
     raise StackError(
         f"the stack {what}; last lines of {log_path}:\n    " + "\n    ".join(tail)
+    )
+
+
+def incomplete(current: StackState) -> list[str]:
+    """The units that gave up (`failed`) or never started (`blocked`), with why."""
+    out = []
+    for svc in current.services:
+        if svc.state == "failed":
+            code = f", last exit code {svc.last_exit}" if svc.last_exit is not None else ""
+            out.append(f"{svc.name} failed after {svc.restarts} restarts{code}")
+        elif svc.state == "blocked":
+            out.append(f"{svc.name} blocked (a service it needs failed)")
+    return out
+
+
+def _raise_if_incomplete(current: StackState) -> None:
+    """The stack runs, but not all of it: say so, and exit non-zero (the rest keeps running,
+    as with systemd; `down` stops it)."""
+    missing = incomplete(current)
+    if not missing:
+        return
+    failed = [s.name for s in current.services if s.state == "failed"]
+    raise StackError(
+        "the stack started without: " + "; ".join(missing) + ". The rest keeps running.",
+        hint=" ".join(f"`prefectstack logs {name}`;" for name in failed)
+        + " fix it, then `prefectstack down` and `prefectstack up`",
+        exit_code=5,
     )
 
 

@@ -12,6 +12,8 @@ services, so what runs locally is what users deploy.
 
 from __future__ import annotations
 
+import dataclasses
+
 from prefectstack.stack.model import Stack
 from prefectstack.topology import clients, data, edge, server
 from prefectstack.topology.placeholders import directory, secret
@@ -37,7 +39,8 @@ from prefectstack.topology.settings import (
 )
 
 __all__ = [
-    "API_DOCKET_NAME", "EDGE_CA_FILE", "LOOPBACK", "SERVICES_DOCKET_NAME", "SERVICES_PROCESS",
+    "API_DOCKET_NAME", "EDGE_CA_FILE", "ESSENTIAL_ROLES", "LOOPBACK", "SERVICES_DOCKET_NAME",
+    "SERVICES_PROCESS",
     "Probe", "RestartPolicy", "Role", "Service", "api_ports", "build", "directory",
     "external_values", "generated_secret_names", "order", "public_url", "redis_env", "secret",
     "secret_names", "worker_health_port",
@@ -50,8 +53,20 @@ def generated_secret_names(stack: Stack) -> set[str]:
     return secret_names(build(stack)) - external_values(stack).keys()
 
 
+# What every other part needs: the data and its schema. When one of these gives up, the
+# stack stops. Any other unit that gives up is `failed` alone, its dependents `blocked`, and
+# the rest keeps running (PostgreSQL stays up for `backup`, `doctor` and a fix), as systemd
+# or Kubernetes would; `up` and `status` report it.
+ESSENTIAL_ROLES: frozenset[Role] = frozenset({"postgres", "redis", "db-init", "migrate"})
+
+
 def build(stack: Stack) -> list[Service]:
     """All services of the stack, in a valid start order."""
+    return [dataclasses.replace(svc, essential=svc.role in ESSENTIAL_ROLES)
+            for svc in _services(stack)]
+
+
+def _services(stack: Stack) -> list[Service]:
     services = [
         *data.postgres(stack),
         *data.redis(stack),

@@ -53,7 +53,6 @@ def workers(stack: Stack) -> list[Service]:
                 # `pools` creates the work pool first: a worker key may not create one.
                 depends_on=(*client_deps(stack), "pools"),
                 probe=Probe("http", port=listen, path="/health"),
-                essential=False,
                 # Flow code runs in the worker's children: never as the account that owns
                 # the stack's secrets, the auth store or PostgreSQL's data.
                 run_as=flows_account(stack.postgres.os_user),
@@ -122,7 +121,6 @@ def reconciler(stack: Stack) -> list[Service]:
             volumes=("home-reconcile",),
             depends_on=client_deps(stack),
             probe=Probe("alive"),
-            essential=False,
             local_only=True,
         )
     ]

@@ -116,7 +116,6 @@ def backup(stack: Stack) -> list[Service]:
                   host_path("stack_file"), host_path("stack_base")),
             depends_on=("migrate",),
             probe=Probe("alive"),
-            essential=False,
             inherit_env=True,
             local_only=True,
         )
