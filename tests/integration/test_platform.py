@@ -167,7 +167,7 @@ def test_up_detach_reaches_ready(first_up: FirstUp) -> None:
         "postgres": "ready", "redis": "ready", "db-init": "completed", "migrate": "completed",
         "api-1": "ready", "services": "ready", "auth": "ready", "edge": "ready",
         "pools": "completed", "worker-1": "ready", "reconcile": "ready",
-        "examples": "completed",
+        "examples": "completed", "backup": "ready",
     }
 
 

@@ -499,7 +499,7 @@ emit_event(event="prefectstack.test.ping", resource={{"prefect.resource.id": "te
 
 def test_deployment_concurrency_limit_holds_under_five_simultaneous_runs(stack: Stack) -> None:
     journal = flows_writable(stack.root / "out") / f"exclusive-{time.time_ns()}.txt"
-    runs = [stack.run("exclusive/exclusive", {"journal": str(journal), "seconds": 3})
+    runs = [stack.run("exclusive/exclusive", {"journal": str(journal), "seconds": 1})
             for _ in range(5)]
     for run_id in runs:
         assert stack.finished(run_id, timeout=300)["state"]["type"] == "COMPLETED"

@@ -33,8 +33,10 @@ pytestmark = pytest.mark.integration
 FLOWS = Path(__file__).with_name("reconcile_flows.py")
 FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 POOL = "itest-pool"
-# The reconciler's pass interval and PENDING grace (jobs/reconcile.py defaults), and a margin.
-RECONCILE_BOUND = 2 * 15 + 60 + 30
+# The reconciler's pass interval and PENDING grace (this module's `reconcile:` section, the
+# defaults are 15 and 60), and a margin.
+INTERVAL, PENDING_GRACE = 5, 30
+RECONCILE_BOUND = 2 * INTERVAL + PENDING_GRACE + 30
 ALLOWED = (
     # The runs this module kills on purpose: Prefect's worker reports their exit.
     ("worker-1", r"exited with non-zero status code|Lost connection to flow run|"
@@ -128,7 +130,9 @@ class Stack:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("reconcile")
     ports = {k: free_port() for k in ("pg", "redis", "api", "worker", "https", "http", "auth")}
-    (root / "stack.yaml").write_text(stack_yaml(**ports))
+    (root / "stack.yaml").write_text(stack_yaml(**ports) + (
+        f"reconcile:\n  interval_seconds: {INTERVAL}\n"
+        f"  pending_grace_seconds: {PENDING_GRACE}\n"))
     (root / "ports.json").write_text(json.dumps(ports))
     shutil.copy(FLOWS, root / "reconcile_flows.py")
     started = time.monotonic()
@@ -157,7 +161,7 @@ def test_doctor_finds_a_running_stack_clean(stack: Stack) -> None:
 
 def test_a_healthy_long_run_is_never_touched(stack: Stack) -> None:
     # Longer than two reconcile passes, so the reconciler looks at it at least twice.
-    run_id = stack.run(40)
+    run_id = stack.run(3 * INTERVAL)
     final = stack.finished(run_id, timeout=240)
     assert final["state"]["type"] == "COMPLETED", final["state"]
 

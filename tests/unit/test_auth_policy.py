@@ -136,3 +136,17 @@ def test_markdown_lists_every_rule() -> None:
     assert "| POST | `/api/flow_runs/filter` | viewer | read | yes |" in text
     assert "| GET | `/api/health` | anyone | read | yes | liveness probe |" in text
     assert "(fallback)" in text
+
+
+def test_the_role_table_is_monotonic() -> None:
+    """What a role may do, every role above it may do too, for every route and with secrets
+    asked for or not (so a viewer's clean walk of the UI speaks for the roles above it)."""
+    from prefectstack.auth.routes import RULES
+
+    ladder = [Role.VIEWER, Role.OPERATOR, Role.DEVELOPER, Role.ADMIN]
+    for rule in RULES:
+        path = rule.pattern.replace("{", "").replace("}", "").replace(":path", "").replace(
+            ":ui", "")
+        for query in ("", "?include_secrets=true"):
+            allowed = [decide(role, rule.method, path + query).allowed for role in ladder]
+            assert allowed == sorted(allowed), (rule.method, rule.pattern, query, allowed)

@@ -375,3 +375,10 @@ def test_scheduled_backups_run_beside_a_local_database_only() -> None:
 def test_only_the_data_tier_stops_the_stack_when_it_gives_up(data: dict[str, Any]) -> None:
     essential = {name for name, svc in build(**data).items() if svc.essential}
     assert essential == {"postgres", "redis", "db-init", "migrate"} & set(build(**data))
+
+
+def test_the_reconciler_takes_its_timing_from_the_stack_file() -> None:
+    env = build(reconcile={"interval_seconds": 5, "pending_grace_seconds": 30})["reconcile"].env
+    assert (env["PREFECTSTACK_RECONCILE_INTERVAL"],
+            env["PREFECTSTACK_RECONCILE_PENDING_GRACE"]) == ("5", "30")
+    assert "reconcile" not in build(reconcile={"enabled": False})

@@ -242,6 +242,21 @@ class ExamplesConfig(StrictModel):
     )
 
 
+class ReconcileConfig(StrictModel):
+    """The `reconcile` service: marks Crashed the runs whose worker or flow-run process died
+    on this host, so none stays PENDING or RUNNING forever."""
+
+    enabled: bool = Field(True, description="Run the reconciler beside the local workers.")
+    interval_seconds: float = Field(
+        15, ge=1, le=3600, description="How often it looks at the PENDING and RUNNING runs.")
+    pending_grace_seconds: float = Field(
+        60, ge=5, le=86400,
+        description="How long a run may stay PENDING with no process on this host before it "
+        "is marked Crashed (a worker's submission takes a few seconds; a loaded machine "
+        "more).",
+    )
+
+
 def _default_workers() -> list[WorkerConfig]:
     return [WorkerConfig.model_validate({"name": "worker-1", "pool": "default"})]
 
@@ -265,6 +280,10 @@ class Stack(StrictModel):
     workers: list[WorkerConfig] = Field(
         default_factory=_default_workers,
         description="Workers on this host.",
+    )
+    reconcile: ReconcileConfig = Field(
+        default_factory=ReconcileConfig,  # type: ignore[arg-type]
+        description="Crashing the runs of dead workers and processes on this host.",
     )
     examples: ExamplesConfig = Field(
         default_factory=ExamplesConfig,  # type: ignore[arg-type]

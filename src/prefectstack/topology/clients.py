@@ -108,15 +108,19 @@ def reconciler(stack: Stack) -> list[Service]:
     """The daemon that marks Crashed the flow runs whose worker or process died on this host
     (`prefectstack.jobs.reconcile`). It judges by this host's processes, so it runs beside
     the local backend only: in containers, each worker's restart is a fresh container."""
-    if not stack.workers:
+    if not stack.workers or not stack.reconcile.enabled:
         return []
+    env = client_env(stack, "home-reconcile", stack_secrets.WORKER_API_KEY) | {
+        "PREFECTSTACK_RECONCILE_INTERVAL": f"{stack.reconcile.interval_seconds:g}",
+        "PREFECTSTACK_RECONCILE_PENDING_GRACE": f"{stack.reconcile.pending_grace_seconds:g}",
+    }
     return [
         Service(
             name="reconcile",
             role="reconcile",
             kind="daemon",
             argv=("python", "-m", "prefectstack.jobs.reconcile"),
-            env=client_env(stack, "home-reconcile", stack_secrets.WORKER_API_KEY),
+            env=env,
             public_edge_env=public_edge_env(stack),
             volumes=("home-reconcile",),
             depends_on=client_deps(stack),
