@@ -46,3 +46,28 @@ def _open_temp_dirs(tmp_path_factory: pytest.TempPathFactory) -> None:
         return path
 
     tmp_path_factory.mktemp = mktemp  # type: ignore[method-assign]
+
+
+# -- the order two test processes take modules in ------------------------------------------
+
+# The modules that take longest (minutes on the 2-core machine, measured with --durations),
+# started first: pytest-xdist hands whole modules (`--dist loadfile`) to whichever process
+# is free, so with the long ones first and the many short ones last both processes finish
+# at about the same time. scripts/test.sh passes --no-loadscope-reorder, or xdist would
+# reorder modules by their number of tests.
+LONG_MODULES = {
+    "integration/test_promises.py": 9, "integration/test_promises_two_apis.py": 8,
+    "integration/test_edge.py": 6, "integration/test_deploy.py": 5,
+    "integration/test_reconcile.py": 5, "integration/test_platform.py": 5,
+    "integration/test_flow_library.py": 4, "integration/test_backup.py": 3,
+    "integration/test_attacks.py": 3, "integration/test_warm_worker.py": 3,
+    "integration/test_flows_account.py": 2, "integration/test_attacks_audit.py": 2,
+    "integration/test_external_postgres.py": 1.5, "unit/test_lint.py": 1,
+    "integration/test_ports.py": 1,
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Longest modules first; a module's tests keep their order (a stable sort)."""
+    items.sort(key=lambda item: -LONG_MODULES.get(
+        f"{item.path.parent.name}/{item.path.name}", 0))
