@@ -6,11 +6,12 @@ from __future__ import annotations
 import logging
 import threading
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from prefectstack.errors import StackError
-from prefectstack.runtime.backup_schedule import first_due, next_slot, run_forever
+from prefectstack.runtime.backup_schedule import first_due, main, next_slot, run_forever
 
 DAILY = "0 3 * * *"
 NOW = datetime(2026, 11, 29, 12, 0, 0, tzinfo=UTC)
@@ -106,3 +107,14 @@ def test_stops_while_waiting() -> None:
     stop = threading.Event()
     stop.set()
     run_forever(DAILY, lambda: pytest.fail("no backup once stopped"), None, stop)
+
+
+def test_an_unloadable_stack_file_is_a_clear_error_not_a_traceback(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    bad = tmp_path / "stack.yaml"
+    bad.write_text("version: 1\nname: [not, a, name]\n")
+    with caplog.at_level(logging.INFO, logger="prefectstack.backup"):
+        assert main([str(bad), str(tmp_path)]) == 2
+    (record,) = caplog.records
+    assert record.levelno == logging.ERROR and record.exc_info is None
+    assert record.getMessage().startswith(f"cannot load the stack: {bad}: invalid stack file")

@@ -85,7 +85,11 @@ def main(argv: list[str]) -> int:
                         format="%(asctime)s.%(msecs)03d | %(levelname)-7s | %(name)s - "
                                "%(message)s", datefmt="%H:%M:%S")
     source, base = [*argv, "", ""][:2]
-    loaded = load_stack(source) if source else default_stack(Path(base or "."))
+    try:
+        loaded = load_stack(source) if source else default_stack(Path(base or "."))
+    except StackError as exc:  # e.g. the file was edited into an invalid one since `up`
+        log.error("cannot load the stack: %s", exc)
+        return 2
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
