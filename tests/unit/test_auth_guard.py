@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -222,3 +223,74 @@ def test_refusals_before_the_body(guarded: Guarded) -> None:
                                   headers={"Authorization": f"Bearer {operator}"})
     assert garbled.status_code == 400
     assert guarded.api.received == []
+
+
+# -- an API process that dies mid-request ----------------------------------------------------
+
+
+def _dying_api() -> tuple[socket.socket, list[bytes]]:
+    """A loopback listener that reads each request and closes without an answer, as an API
+    process killed with -9 while the request is in flight does."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    seen: list[bytes] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                seen.append(conn.recv(65536))
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener, seen
+
+
+@pytest.fixture
+def behind_a_dying_api(tmp_path: Path) -> Iterator[tuple[Guarded, list[bytes]]]:
+    api = Api()
+    server = api.start()
+    listener, seen = _dying_api()
+    store = Store(tmp_path / "auth", hasher=PasswordHasher(time_cost=1, memory_cost=1024))
+    app = create_app(store, AuditLog(tmp_path / "audit.log"), Throttle(),
+                     AuthConfig(api_auth_string="prefectstack:s3cret"),
+                     api_upstreams=[f"127.0.0.1:{listener.getsockname()[1]}",
+                                    f"127.0.0.1:{api.port}"])
+    with TestClient(app, base_url="https://prefect.example") as client:
+        yield Guarded(client, store, api, tmp_path / "audit.log"), seen
+    listener.close()
+    server.shutdown()
+
+
+def test_a_read_whose_api_process_dies_is_answered_by_the_next(
+    behind_a_dying_api: tuple[Guarded, list[bytes]],
+) -> None:
+    guarded, seen = behind_a_dying_api
+    key = guarded.store.create_key("ops", Role.OPERATOR)
+    answer = guarded.send("POST", "/api/block_documents/filter", key, {"limit": 5})
+    assert answer.status_code == 201
+    assert len(seen) == 1 and len(guarded.api.received) == 1
+
+
+def test_a_write_whose_api_process_dies_is_not_sent_again(
+    behind_a_dying_api: tuple[Guarded, list[bytes]],
+) -> None:
+    """The dead process may have created the run: sending it again could make two."""
+    guarded, seen = behind_a_dying_api
+    key = guarded.store.create_key("ops", Role.OPERATOR)
+    answer = guarded.send("POST", RUN, key, {"parameters": {}})
+    assert answer.status_code == 502
+    assert len(seen) == 1 and guarded.api.received == []
+
+
+def test_the_edge_retries_exactly_the_role_tables_post_reads() -> None:
+    """READ_POSTS (the edge's retry matcher) is the role table's POST reads, as Caddy paths."""
+    from prefectstack.auth.roles import Kind
+    from prefectstack.auth.routes import RULES
+    from prefectstack.topology.caddyfile import READ_POSTS
+
+    reads = {re.sub(r"\{[^}]+\}", "*", r.pattern) for r in RULES
+             if r.method == "POST" and r.kind is Kind.READ}
+    assert set(READ_POSTS) == reads
+    assert len(READ_POSTS) == len(set(READ_POSTS))

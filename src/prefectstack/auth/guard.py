@@ -12,8 +12,9 @@ run routes of auth/bodies.py here instead. For each request this:
    checked re-encoded (what the API parses is what was checked, byte for byte), and relays
    the answer.
 
-Only a connection that never reached an API process is tried on the next one: these are
-writes, never repeated once sent.
+A write is tried on the next API process only when its connection never reached one: it is
+never repeated once sent. A read (the block list) is also tried again when the process it
+reached died before answering, as the edge does for every read.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from starlette.responses import JSONResponse, Response
 from prefectstack.auth.bodies import needs_body_check
 from prefectstack.auth.policy import split_uri
 from prefectstack.auth.relay import Upstreams
+from prefectstack.auth.roles import Kind
 
 if TYPE_CHECKING:
     from prefectstack.auth.app import AuthService
@@ -96,10 +98,12 @@ class BodyGuard:
             content = json.dumps(parsed).encode()
         if decision.audited:
             record(200, decision.reason + (" (body checked)" if rule else ""))
-        return await self._forward(request, method, target, content, rewritten=rule is not None)
+        read = decision.rule is not None and decision.rule.kind is Kind.READ
+        return await self._forward(request, method, target, content,
+                                   rewritten=rule is not None, replayable=read)
 
     async def _forward(self, request: Request, method: str, target: str, content: bytes, *,
-                       rewritten: bool) -> Response:
+                       rewritten: bool, replayable: bool = False) -> Response:
         headers = {k: v for k, v in request.headers.items()
                    if k.lower() not in _DROP_REQUEST
                    and not k.lower().startswith("x-prefectstack-")}
@@ -116,6 +120,8 @@ class BodyGuard:
             except httpx.ConnectError:
                 continue  # never reached that process: the next one may take it
             except httpx.HTTPError as exc:
+                if replayable and not isinstance(exc, httpx.TimeoutException):
+                    continue  # a read whose process died mid-answer: ask the next one
                 return JSONResponse({"detail": f"the API did not answer: {type(exc).__name__}"},
                                     502)
             kept = {k: v for k, v in answer.headers.items() if k.lower() not in _DROP_RESPONSE}

@@ -124,11 +124,54 @@ def _is_ip(host: str) -> bool:
     return True
 
 
+# Prefect's reads that are POSTs (a filter in the body): safe to send again, so a read that
+# was in flight to an API process that died is retried on the next one instead of failing.
+# The role table's POST reads (auth/routes.py), as Caddy path patterns; a test keeps the two
+# in step. Writes are never repeated once sent: only a connection that failed is retried.
+READ_POSTS = (
+    "/api/artifacts/count", "/api/artifacts/filter", "/api/artifacts/latest/count",
+    "/api/artifacts/latest/filter", "/api/automations/count", "/api/automations/filter",
+    "/api/block_documents/count", "/api/block_documents/filter", "/api/block_schemas/filter",
+    "/api/block_types/filter", "/api/concurrency_limits/filter",
+    "/api/v2/concurrency_limits/filter", "/api/deployments/count", "/api/deployments/filter",
+    "/api/deployments/paginate", "/api/events/count-by/*", "/api/events/filter",
+    "/api/flow_runs/count", "/api/flow_runs/filter", "/api/flow_runs/history",
+    "/api/flow_runs/paginate", "/api/flow_runs/*/input/filter", "/api/flows/count",
+    "/api/flows/filter", "/api/flows/paginate", "/api/logs/filter",
+    "/api/saved_searches/filter", "/api/task_runs/count", "/api/task_runs/filter",
+    "/api/task_runs/history", "/api/task_runs/paginate", "/api/task_workers/filter",
+    "/api/ui/flow_runs/count-task-runs", "/api/ui/flow_runs/history",
+    "/api/ui/flows/count-deployments", "/api/ui/task_runs/count",
+    "/api/ui/task_runs/dashboard/counts", "/api/variables/count", "/api/variables/filter",
+    "/api/work_pools/count", "/api/work_pools/filter", "/api/work_pools/*/queues/filter",
+    "/api/work_pools/*/workers/filter", "/api/work_queues/filter",
+    "/api/automations/templates/validate", "/api/templates/validate",
+    "/api/ui/schemas/validate", "/api/flow_runs/lateness", "/api/ui/flows/next-runs",
+    "/api/work_pools/*/concurrency_status", "/api/work_queues/*/concurrency_status",
+)
+# A retried request is sent again from the edge's copy of its body: reads' bodies are small
+# filters, far below this.
+RETRY_BODY_BUFFER = "1MiB"
+# An API process that failed a request (refused or dropped the connection) is passed over
+# for this long, so the retry goes to another one rather than to the same dead process
+# before the next active health check notices.
+PASSIVE_FAIL_DURATION = "2s"
+
+
 def _proxy(upstreams: Sequence[str], policy: str = "least_conn") -> str:
     targets = " ".join(upstreams)
     return f"""reverse_proxy {targets} {{
 \t\t\tlb_policy {policy}
 \t\t\tlb_try_duration 5s
+\t\t\tlb_retry_match {{
+\t\t\t\tmethod GET HEAD
+\t\t\t}}
+\t\t\tlb_retry_match {{
+\t\t\t\tmethod POST
+\t\t\t\tpath {" ".join(READ_POSTS)}
+\t\t\t}}
+\t\t\trequest_buffers {RETRY_BODY_BUFFER}
+\t\t\tfail_duration {PASSIVE_FAIL_DURATION}
 \t\t\thealth_uri /api/health
 \t\t\thealth_interval 5s
 \t\t\thealth_timeout 3s
