@@ -172,10 +172,6 @@ ALLOWED_LOG_PROBLEMS: tuple[tuple[str, str], ...] = (
     ("postgres", r"ERROR:  duplicate key value violates unique constraint"),
     ("postgres", r"^DETAIL:  Key \(name\)="),
     ("postgres", r"^STATEMENT:  INSERT INTO"),
-    # The supervisor's readiness probe knocks while a restarted PostgreSQL is still starting
-    # (recovery after `down`/`up`); PostgreSQL refuses that connection and logs it at FATAL,
-    # and the probe simply tries again.
-    ("postgres", r"FATAL:  the database system is starting up"),
 )
 
 

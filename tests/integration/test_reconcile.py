@@ -14,6 +14,7 @@ import base64
 import json
 import os
 import shutil
+import signal
 import ssl
 import subprocess
 import sys
@@ -212,6 +213,26 @@ def test_down_then_up_leaves_no_run_in_flight(stack: Stack) -> None:
     stuck = stack.post("/flow_runs/filter", {
         "flow_runs": {"state": {"type": {"any_": ["PENDING", "RUNNING"]}}}}, role="viewer")
     assert stuck == []
+
+
+def test_a_run_in_flight_dies_with_a_supervisor_killed_with_minus_9(stack: Stack) -> None:
+    """No orphans: the worker gets its parent-death signal, and its runs are stopped by the
+    reaper it runs under (jobs/reaper.py: SIGTERM, SIGKILL after 10 s). After `down` (which
+    cleans up after a dead supervisor) and `up`, the run ends Crashed."""
+    run_id = stack.run(600)
+    process = stack.process(run_id)
+    supervisor = status(stack.root)["supervisor_pid"]
+    os.kill(supervisor, signal.SIGKILL)
+    try:
+        process.wait(timeout=stack.wait(30))  # the reaper's grace is 10 s
+    except psutil.TimeoutExpired:
+        pytest.fail(f"flow-run process {process.pid} outlived the killed supervisor")
+    except psutil.NoSuchProcess:
+        pass
+    cli("down", cwd=stack.root, timeout=stack.wait(180))
+    cli("up", "--detach", cwd=stack.root, timeout=stack.wait(600))
+    final = stack.finished(run_id, timeout=RECONCILE_BOUND)
+    assert final["state"]["type"] == "CRASHED", final["state"]
 
 
 def test_the_reconciler_said_what_it_did_and_no_log_shows_a_problem(stack: Stack) -> None:

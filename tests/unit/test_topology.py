@@ -280,7 +280,9 @@ def test_external_postgres_has_no_postgres_service() -> None:
 def test_workers() -> None:
     services = local(**STACKS["two-workers"])
     a, b = services["a"], services["b"]
-    assert a.argv[:3] == ("prefect", "worker", "start")
+    # Prefect's stock worker, under the reaper that stops its flow runs when it stops
+    assert a.argv[:6] == ("python", "-m", "prefectstack.jobs.reaper", "-m", "prefect", "worker")
+    assert a.argv[6] == "start"
     assert a.argv[a.argv.index("--pool") + 1] == "p1"
     assert "--limit" not in a.argv
     assert b.argv[b.argv.index("--limit") + 1] == "2"
@@ -302,6 +304,15 @@ def test_workers() -> None:
     assert "PREFECT_API_KEY" not in direct.env
     assert direct.env["PREFECT_API_AUTH_STRING"] == "prefectstack:<api_password>"
     assert services["examples"].env["PREFECTSTACK_EXAMPLES_POOL"] == "p1"
+
+
+def test_only_the_stock_worker_runs_under_the_reaper() -> None:
+    """The warm worker's runs die with its forkserver; Compose and Kubernetes stop a whole
+    container: only the local stock worker needs jobs/reaper.py."""
+    warm = local(workers=[{"name": "w", "pool": "p", "warm": True}])["w"]
+    assert warm.argv[:3] == ("python", "-m", "prefectstack.warm.worker")
+    stock = build(workers=[{"name": "s", "pool": "p"}])["s"]
+    assert stock.argv[:3] == ("prefect", "worker", "start")  # what the containers run
 
 
 def test_disabled_parts_are_absent() -> None:

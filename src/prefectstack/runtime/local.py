@@ -253,7 +253,9 @@ def run(
         ports.check_free(services, loaded.stack.edge.listen_addresses)
         layout, resolve, program_paths = prepare(loaded, services)
         launcher = LocalLauncher(loaded, layout, resolve, program_paths)
-        sup = Supervisor(services, launcher, RealProber(), time.monotonic)
+        prober = RealProber({s.name: layout.volume("pgdata") / "postmaster.pid"
+                             for s in services if s.prepare == "pgdata"})
+        sup = Supervisor(services, launcher, prober, time.monotonic)
         return _loop(loaded, sup, layout, foreground, on_ready, on_state)
     finally:
         lock.release()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import Mapping
+from pathlib import Path
 
 import httpx
 
@@ -25,6 +27,32 @@ def pg_ping(host: str, port: int) -> bool:
         return _pg_accepts_startup(host, port)
     except OSError:
         return False
+
+
+def pg_listening(host: str, port: int) -> bool:
+    """The postmaster answers an SSLRequest: it listens (maybe not yet serving)."""
+    try:
+        with socket.create_connection((host, port), timeout=TIMEOUT) as sock:
+            sock.sendall(struct.pack("!ii", 8, 80877103))
+            return sock.recv(1) in (b"S", b"N")
+    except OSError:
+        return False
+
+
+# postmaster.pid's 8th line: the postmaster's status (PostgreSQL 10+, what pg_ctl waits on)
+_PM_STATUS_LINE = 7
+
+
+def pg_status(pid_file: Path) -> str | None:
+    """`starting`, `ready`, `stopping` or `standby` from a data dir's postmaster.pid; ""
+    while it is absent or still being written; None when it can't be read."""
+    try:
+        lines = pid_file.read_text().splitlines()
+    except FileNotFoundError:
+        return ""
+    except (OSError, UnicodeDecodeError):
+        return None
+    return lines[_PM_STATUS_LINE].strip() if len(lines) > _PM_STATUS_LINE else ""
 
 
 def _pg_accepts_startup(host: str, port: int) -> bool:
@@ -85,10 +113,20 @@ def http_ok(probe: Probe) -> bool:
 
 
 class RealProber:
+    def __init__(self, pg_pid_files: Mapping[str, Path] | None = None) -> None:
+        # The postmaster.pid of each PostgreSQL this host runs: its status line says when
+        # the server is ready without connecting, so the probe adds no "the database system
+        # is starting up" FATAL to the log while it recovers.
+        self.pg_pid_files = dict(pg_pid_files or {})
+
     def check(self, svc: Service) -> bool:
         probe = svc.probe
         if probe.kind == "pg":
-            return pg_ping(probe.host, probe.port)
+            pid_file = self.pg_pid_files.get(svc.name)
+            known = pg_status(pid_file) if pid_file else None
+            if known is None:
+                return pg_ping(probe.host, probe.port)
+            return known == "ready" and pg_listening(probe.host, probe.port)
         if probe.kind == "redis":
             return redis_ping(probe.host, probe.port)
         if probe.kind == "http":

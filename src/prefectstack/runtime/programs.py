@@ -18,7 +18,14 @@ def argv(svc: Service) -> tuple[str, ...]:
         return ("postgres", "-D", directory("pgdata"), *flags)
     if svc.role == "redis":
         return ("redis-server", directory(REDIS_CONF.split("/")[0]) + "/redis.conf")
+    if svc.role == "worker" and svc.argv[:1] == ("prefect",):
+        # A stock process worker's flow runs are stopped when it stops or dies, even with
+        # the supervisor killed (jobs/reaper.py); the warm worker's die with its forkserver.
+        return (*REAPER, "-m", "prefect", *svc.argv[1:])
     return svc.argv
+
+
+REAPER = ("python", "-m", "prefectstack.jobs.reaper")
 
 
 def files(svc: Service) -> dict[str, str]:
