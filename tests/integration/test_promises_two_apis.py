@@ -8,11 +8,16 @@ can run it beside the one-API round.
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from . import test_promises
+from .conftest import service, status, wait_for
 from .test_promises import Stack, running_stack
 
 pytestmark = pytest.mark.integration
@@ -42,3 +47,46 @@ globals().update({name: value for name, value in vars(test_promises).items()
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     yield from running_stack(tmp_path_factory, replicas=2)
+
+
+def test_killing_an_api_process_fails_no_read(stack: Stack) -> None:
+    """Issue 10's fault run, short: kill -9 one of the two API processes while reads go
+    through the edge without pause. None fails, not even on its first attempt: a read in
+    flight to the dead process is sent again to the other one (the edge's retry matcher),
+    and new ones skip it until it is back. Then it is restarted and ready again.
+
+    Last in the module: the log check above ran before this kill."""
+    before = service(status(stack.root), "api-1")
+    results: list[str] = []
+    stop = threading.Event()
+
+    def reads() -> None:
+        with stack.http("viewer") as client:
+            while not stop.is_set():
+                try:
+                    answer = client.post("/flow_runs/filter", json={"limit": 3})
+                    results.append("ok" if answer.status_code == 200
+                                   else f"{answer.status_code} {answer.text[:200]}")
+                except httpx.HTTPError as exc:
+                    results.append(repr(exc))
+
+    threads = [threading.Thread(target=reads) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_for(lambda: len(results) >= 20, stack.wait(60), "reads before the kill", 0.1)
+        os.kill(before["pid"], signal.SIGKILL)
+
+        def back() -> bool:
+            now = service(status(stack.root), "api-1")
+            return now["pid"] not in (None, before["pid"]) and now["state"] == "ready"
+
+        wait_for(back, stack.wait(180), "api-1 to be restarted and ready", 1)
+        after = len(results)
+        wait_for(lambda: len(results) >= after + 20, stack.wait(60), "reads after it", 0.1)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+    failed = [r for r in results if r != "ok"]
+    assert not failed, f"{len(failed)} of {len(results)} reads failed: {failed[:5]}"

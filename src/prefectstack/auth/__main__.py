@@ -32,7 +32,8 @@ def bootstrap(store: Store) -> None:
         store.add_user(ADMIN_USERNAME, Role.ADMIN, password)
         print(f"created the bootstrap admin user `{ADMIN_USERNAME}`")
     for entry in json.loads(os.environ.get("PREFECTSTACK_SERVICE_KEYS", "[]")):
-        if store.import_key(entry["name"], Role(entry["role"]), entry["key"]):
+        if store.import_key(entry["name"], Role(entry["role"]), entry["key"],
+                            pools=entry.get("pools")):
             print(f"registered service key {entry['name']} ({entry['role']})")
 
 

@@ -26,6 +26,7 @@ from prefectstack.auth.bodies import needs_body_check
 from prefectstack.auth.guard import BodyGuard
 from prefectstack.auth.pages import CONTENT_SECURITY_POLICY, login_page
 from prefectstack.auth.policy import Decision, decide, split_uri
+from prefectstack.auth.pools import PoolOf, PoolScope
 from prefectstack.auth.relay import Relay, Upstreams
 from prefectstack.auth.store import SESSION_SECONDS, Identity, Store
 from prefectstack.auth.throttle import Throttle
@@ -80,6 +81,7 @@ class AuthService:
         self.throttle = throttle
         self.config = config
         self.clock = clock
+        self.pool_scope = PoolScope(_no_api)  # create_app gives it the API processes
 
     def _record(
         self,
@@ -193,6 +195,9 @@ class AuthService:
         decision = decide(identity.role, method, uri)
         if not decision.allowed:
             return refuse(403, decision.reason)
+        scoped = await self.pool_scope.refusal(identity, decision.rule, path)
+        if scoped is not None:
+            return refuse(*scoped)
         return identity, decision
 
     def _unauthenticated(
@@ -328,6 +333,33 @@ class AuthService:
         return response
 
 
+async def _no_api(run_id: str) -> str | None:
+    raise LookupError(run_id)
+
+
+def pool_lookup(upstreams: Upstreams, authorization: str | None) -> PoolOf:
+    """A flow run's work pool, asked of the API processes in turn (auth/pools.py)."""
+    headers = {"Authorization": authorization} if authorization else {}
+
+    async def pool_of(run_id: str) -> str | None:
+        import httpx
+
+        for address in upstreams.in_turn():
+            try:
+                async with httpx.AsyncClient(timeout=10, headers=headers) as client:
+                    answer = await client.get(
+                        f"http://{address}/api/flow_runs/{quote(run_id, safe='')}")
+                if answer.status_code in (404, 422):
+                    return None  # no such run: the API will say so itself
+                if answer.status_code == 200:
+                    return str(answer.json().get("work_pool_name") or "")
+            except (httpx.HTTPError, ValueError):
+                continue
+        raise LookupError(run_id)
+
+    return pool_of
+
+
 class UiSettings:
     """The Prefect UI's settings as the API serves them, minus `auth: BASIC`: that is how
     Prefect tells its UI to ask for the server's password, which only the edge holds (people
@@ -418,6 +450,7 @@ def create_app(
     ]
     if api_upstreams:
         upstreams = Upstreams(api_upstreams)
+        service.pool_scope = PoolScope(pool_lookup(upstreams, service.config.api_authorization))
         relay = Relay(service, upstreams,
                       *(() if recheck_seconds is None else (recheck_seconds,)),
                       api_token=service.config.api_auth_string)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import os
 import re
 import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,8 @@ class ApiKey:
     expires_at: float | None
     revoked_at: float | None
     last_used_at: float | None
+    pools: tuple[str, ...] | None = None
+    """the work pools a `worker` key serves (auth/pools.py); None: any pool"""
 
     def usable(self, now: float) -> bool:
         return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
@@ -78,6 +81,7 @@ class Identity:
     role: Role
     key_prefix: str | None = None
     via: str = "password"  # password | session | key
+    pools: frozenset[str] | None = None  # a worker key scoped to these work pools
 
 
 def _sha256(value: str) -> str:
@@ -109,6 +113,9 @@ class Store:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA busy_timeout=5000")
         self._conn.executescript(_SCHEMA)
+        columns = {r["name"] for r in self._conn.execute("PRAGMA table_info(api_keys)")}
+        if "pools" not in columns:  # a store from before pool-scoped keys
+            self._conn.execute("ALTER TABLE api_keys ADD COLUMN pools TEXT")
         # A dummy hash to verify against for unknown users, so timing does not tell
         # whether a username exists.
         self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(16))
@@ -218,28 +225,36 @@ class Store:
 
     # -- API keys
 
-    def create_key(self, name: str, role: Role, *, expires_at: float | None = None) -> str:
+    def create_key(self, name: str, role: Role, *, expires_at: float | None = None,
+                   pools: Sequence[str] | None = None) -> str:
         """A new key, returned once; only its hash is kept."""
         key = new_api_key()
-        self.import_key(name, role, key, expires_at=expires_at)
+        self.import_key(name, role, key, expires_at=expires_at, pools=pools)
         return key
 
     def import_key(
-        self, name: str, role: Role, key: str, *, expires_at: float | None = None
+        self, name: str, role: Role, key: str, *, expires_at: float | None = None,
+        pools: Sequence[str] | None = None,
     ) -> bool:
         """Register a key generated elsewhere (the stack's own service keys live in its
         secrets file). Idempotent: False when the key is already known, even if revoked —
-        a revoked service key stays revoked."""
+        a revoked service key stays revoked; a known key's pools are set to `pools` (the
+        stack's workers may serve other pools since the last start)."""
         prefix = key_prefix(key)
         if prefix is None:
             raise StackError("not a prefectstack API key (expected pfs_<8 hex>_<43 chars>)")
+        stored_pools = _pools_text(role, pools)
         with self._tx() as conn:
             known = conn.execute("SELECT 1 FROM api_keys WHERE prefix=?", (prefix,)).fetchone()
             if known:
+                conn.execute("UPDATE api_keys SET pools=? WHERE prefix=?",
+                             (stored_pools, prefix))
                 return False
             conn.execute(
-                "INSERT INTO api_keys VALUES (?,?,?,?,?,?,NULL,NULL)",
-                (prefix, name, role.value, _sha256(key), self._clock(), expires_at),
+                "INSERT INTO api_keys (prefix, name, role, key_hash, created_at, expires_at,"
+                " revoked_at, last_used_at, pools) VALUES (?,?,?,?,?,?,NULL,NULL,?)",
+                (prefix, name, role.value, _sha256(key), self._clock(), expires_at,
+                 stored_pools),
             )
         return True
 
@@ -269,7 +284,9 @@ class Store:
         if found.last_used_at is None or now - found.last_used_at >= LAST_USED_RESOLUTION:
             with self._tx() as conn:
                 conn.execute("UPDATE api_keys SET last_used_at=? WHERE prefix=?", (now, prefix))
-        return Identity(f"key:{prefix}", found.role, key_prefix=prefix, via="key")
+        pools = None if found.pools is None else frozenset(found.pools)
+        return Identity(f"key:{prefix}", found.role, key_prefix=prefix, via="key",
+                        pools=pools)
 
     # -- sessions
 
@@ -308,7 +325,21 @@ def _key(row: sqlite3.Row) -> ApiKey:
         row["expires_at"],
         row["revoked_at"],
         row["last_used_at"],
+        None if row["pools"] is None else tuple(json.loads(row["pools"])),
     )
+
+
+def _pools_text(role: Role, pools: Sequence[str] | None) -> str | None:
+    """How a key's pools are stored: a JSON list (pool names may hold any character)."""
+    if pools is None:
+        return None
+    if role is not Role.WORKER:
+        raise StackError("only a worker key serves work pools", hint="use --role worker",
+                         exit_code=2)
+    names = sorted(set(pools))
+    if any(not name or not name.strip() for name in names):
+        raise StackError("a work pool name cannot be empty", exit_code=2)
+    return json.dumps(names)
 
 
 def _check_password(password: str) -> None:

@@ -10,6 +10,7 @@ import click
 
 from prefectstack import console
 from prefectstack.auth.roles import Role
+from prefectstack.auth.store import ApiKey
 from prefectstack.cli.access import open_store, record_cli, when
 from prefectstack.cli.options import json_flag, stack_file
 from prefectstack.errors import StackError
@@ -36,13 +37,19 @@ def keys() -> None:
 @click.argument("name")
 @click.option("--role", type=click.Choice([r.value for r in Role]), required=True)
 @click.option("--expires-in", default=None, help="Lifetime, e.g. 90d (default: no expiry).")
-def create(stack_path: str | None, name: str, role: str, expires_in: str | None) -> None:
+@click.option("--pool", "pools", multiple=True,
+              help="A worker key: the work pool it serves (repeat for several; default: any). "
+                   "It may poll only these pools and change only their runs.")
+def create(stack_path: str | None, name: str, role: str, expires_in: str | None,
+           pools: tuple[str, ...]) -> None:
     """Create a key; it is printed once and only its hash is kept."""
     expires = time.time() + parse_duration(expires_in) if expires_in else None
     with open_store(stack_path) as store:
-        key = store.create_key(name, Role(role), expires_at=expires)
-    record_cli(stack_path, f"keys create {name} --role {role}", key_prefix=key[:12])
-    console.out(f"created {role} key {key[:12]} ({name}); the key, shown once:")
+        key = store.create_key(name, Role(role), expires_at=expires, pools=pools or None)
+    scope = "".join(f" --pool {p}" for p in sorted(set(pools)))
+    record_cli(stack_path, f"keys create {name} --role {role}{scope}", key_prefix=key[:12])
+    served = f", work pools {', '.join(sorted(set(pools)))}" if pools else ""
+    console.out(f"created {role} key {key[:12]} ({name}{served}); the key, shown once:")
     console.out(key)
 
 
@@ -60,10 +67,17 @@ def list_keys(stack_path: str | None, as_json: bool) -> None:
     rows = [
         [k.prefix, k.name, k.role.value, when(k.created_at), when(k.expires_at),
          "revoked" if k.revoked_at else ("expired" if not k.usable(now) else "active"),
-         when(k.last_used_at)]
+         when(k.last_used_at), _pools(k)]
         for k in found
     ]
-    console.table(["prefix", "name", "role", "created", "expires", "state", "last used"], rows)
+    console.table(["prefix", "name", "role", "created", "expires", "state", "last used",
+                   "pools"], rows)
+
+
+def _pools(key: ApiKey) -> str:
+    if key.role is not Role.WORKER:
+        return "-"
+    return "any" if key.pools is None else ", ".join(key.pools) or "none"
 
 
 @keys.command("revoke")

@@ -36,10 +36,15 @@ EDGE_CONFIG = "edge-config"
 def auth(stack: Stack) -> list[Service]:
     if not stack.edge.enabled:
         return []
-    keys = [
+    keys: list[dict[str, object]] = [
         {"name": service_key_label(name), "role": role, "key": secret(name)}
         for name, (_label, role) in stack_secrets.SERVICE_KEYS.items()
     ]
+    for entry in keys:
+        if entry["role"] == "worker":
+            # The stack's own workers (and the reconciler, with the same key) serve these
+            # pools only (auth/pools.py); remote workers get keys of their own.
+            entry["pools"] = sorted({w.pool for w in stack.workers})
     return [
         Service(
             name=AUTH_SERVICE,
