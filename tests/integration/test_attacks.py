@@ -267,6 +267,46 @@ def test_worker_cannot_rewrite_someone_elses_run(attack: Attack) -> None:
             assert worker.patch(f"/flow_runs/{run_id}", json=body).status_code == 403, body
 
 
+def test_a_worker_key_of_another_pool_cannot_take_or_touch_this_pools_runs(
+    attack: Attack,
+) -> None:
+    """A worker key scoped to pools (`keys create --role worker --pool P`) may poll only its
+    pools and change only their runs: a key for another machine's pool can neither take this
+    pool's runs (and so their parameters) nor report on them."""
+    pool = attack.deployment("hello/hello")["work_pool_name"]
+    run_id = attack.parked_run()
+
+    def scoped(name: str, serves: str) -> httpx.Client:
+        key = cli("keys", "create", name, "--role", "worker", "--pool", serves,
+                  cwd=attack.root).stdout.strip().splitlines()[-1]
+        return httpx.Client(base_url=f"{attack.base}/api", timeout=60,
+                            verify=ssl.create_default_context(cafile=attack.ca),
+                            headers={"Authorization": f"Bearer {key}"})
+
+    poll = {"work_queue_names": [], "scheduled_before": FAR_FUTURE}
+    with scoped("gpu-box", "gpu") as other:
+        assert other.post(f"/work_pools/{pool}/get_scheduled_flow_runs",
+                          json=poll).status_code == 403
+        assert other.post(f"/work_pools/{pool}/workers/heartbeat",
+                          json={"name": "gpu-box"}).status_code == 403
+        assert other.post(f"/flow_runs/{run_id}/set_state", json={
+            "state": {"type": "CANCELLED"}, "force": True}).status_code == 403
+        assert other.patch(f"/flow_runs/{run_id}",
+                           json={"infrastructure_pid": "h:1"}).status_code == 403
+        # its own pool (that nothing serves here) is its to poll
+        assert other.post("/work_pools/gpu/get_scheduled_flow_runs",
+                          json=poll).status_code in (200, 404)
+    with scoped("this-box", pool) as own:
+        assert own.post(f"/work_pools/{pool}/get_scheduled_flow_runs",
+                        json=poll).status_code == 200
+        assert own.patch(f"/flow_runs/{run_id}",
+                         json={"infrastructure_pid": "h:2"}).status_code == 204
+    run = attack.flow_run(run_id)
+    assert run["state"]["type"] == "SCHEDULED" and run["infrastructure_pid"] == "h:2"
+    listed = json.loads(cli("keys", "list", "--json", cwd=attack.root).stdout)
+    assert {k["name"]: k["pools"] for k in listed}["stack-worker"] == [pool]
+
+
 def test_worker_cannot_start_runs_its_own_way(attack: Attack) -> None:
     """A worker key may start a deployment's run as it is (`run_deployment()` in flows), but
     not with job variables, by either route that creates runs."""

@@ -44,6 +44,12 @@ ALLOWED = (
                  r"Failed to submit flow run|Crashed"),
     # `down` with a run in flight: PostgreSQL logs the API's queries cancelled as it stops.
     ("postgres", r"canceling statement due to user request"),
+    # The supervisor killed with -9: every service gets its stop signal at once, so
+    # PostgreSQL's fast shutdown ends the API's open connections, and Redis goes before the
+    # API process, whose docket worker logs the lost connection (with its traceback) and
+    # retries until the supervisor is gone.
+    ("postgres", r"FATAL:  terminating connection due to administrator command"),
+    ("api-1", r"docket\.worker - Redis is unavailable, retrying"),
 )
 
 DEPLOY = """
