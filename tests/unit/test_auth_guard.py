@@ -294,3 +294,21 @@ def test_the_edge_retries_exactly_the_role_tables_post_reads() -> None:
              if r.method == "POST" and r.kind is Kind.READ}
     assert set(READ_POSTS) == reads
     assert len(READ_POSTS) == len(set(READ_POSTS))
+
+
+def test_reads_of_secret_values_in_a_body_are_audited_whoever_makes_them(
+    guarded: Guarded,
+) -> None:
+    """`include_secrets` in the block list's body: a worker's (Block.load()) and a
+    developer's reads of secret values are audited; a list without secrets is not."""
+    worker = guarded.store.create_key("wk", Role.WORKER)
+    developer = guarded.store.create_key("dev", Role.DEVELOPER)
+    path = "/api/block_documents/filter"
+    assert guarded.send("POST", path, worker, {"include_secrets": True}).status_code == 201
+    assert guarded.send("POST", path, developer, {"include_secrets": "yes"}).status_code == 201
+    assert guarded.send("POST", path, developer, {"include_secrets": False}).status_code == 201
+    assert guarded.send("POST", path, worker, {"limit": 1}).status_code == 201
+    audited = guarded.audit()
+    assert [(status, role) for status, role, _ in audited] == [(200, "worker"),
+                                                              (200, "developer")]
+    assert all("with secrets" in reason for *_, reason in audited)

@@ -96,16 +96,26 @@ def check_run_update(role: Role, body: Any) -> str | None:
 _FALSE_BODY_VALUES = (None, False, 0, "", "0", "false", "f", "no", "n", "off")
 
 
+BLOCK_LIST = "/api/block_documents/filter"
+
+
+def asks_for_secrets(body: Any) -> bool:
+    """The block list's body asks for secret values (`include_secrets`, as Prefect reads it)."""
+    if not isinstance(body, dict):
+        return False
+    wants = body.get("include_secrets")
+    if isinstance(wants, str):
+        wants = wants.strip().lower()
+    return wants not in _FALSE_BODY_VALUES
+
+
 def check_block_list(role: Role, body: Any) -> str | None:
     """`POST /api/block_documents/filter`: the block list (the UI's Blocks and Event Feed
     pages) for every role, with secret values (`include_secrets`, which Prefect reads from
     the body and otherwise obfuscates) only for a worker key: `Block.load()`."""
     if (wrong := _object(body)) is not None:
         return wrong
-    wants = body.get("include_secrets")
-    if isinstance(wants, str):
-        wants = wants.strip().lower()
-    if wants in _FALSE_BODY_VALUES or role is Role.WORKER:
+    if not asks_for_secrets(body) or role is Role.WORKER:
         return None
     return f"{_who(role)} may not read secrets: needs {UNCHECKED_ACCESS.value}"
 
@@ -126,7 +136,7 @@ class BodyRule:
 
 
 BODY_RULES: tuple[BodyRule, ...] = (
-    BodyRule("POST", "/api/block_documents/filter", check_block_list,
+    BodyRule("POST", BLOCK_LIST, check_block_list,
              "`include_secrets` needs developer (or a worker key)"),
     BodyRule("POST", "/api/deployments/{id}/create_flow_run", check_run_from_deployment,
              "non-empty `job_variables` needs developer"),

@@ -26,7 +26,7 @@ import httpx
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from prefectstack.auth.bodies import needs_body_check
+from prefectstack.auth.bodies import BLOCK_LIST, asks_for_secrets, needs_body_check
 from prefectstack.auth.policy import split_uri
 from prefectstack.auth.relay import Upstreams
 from prefectstack.auth.roles import Kind
@@ -85,6 +85,7 @@ class BodyGuard:
                 return JSONResponse({"detail": "request body too large"}, 413)
         content = bytes(body)
         rule = needs_body_check(identity.role, method, path)
+        secrets = False
         if rule is not None:
             try:
                 parsed = json.loads(content)
@@ -96,7 +97,17 @@ class BodyGuard:
                 record(403, refused)
                 return JSONResponse({"detail": refused}, 403)
             content = json.dumps(parsed).encode()
-        if decision.audited:
+            secrets = path.rstrip("/") == BLOCK_LIST and asks_for_secrets(parsed)
+        elif path.rstrip("/") == BLOCK_LIST:
+            # A developer's or admin's body is not checked (it may ask for anything), but a
+            # read of secret values is audited whoever makes it.
+            try:
+                secrets = asks_for_secrets(json.loads(content))
+            except ValueError:
+                secrets = False  # the API refuses a body that is not JSON
+        if secrets:
+            record(200, f"{decision.reason} with secrets (include_secrets in the body)")
+        elif decision.audited:
             record(200, decision.reason + (" (body checked)" if rule else ""))
         read = decision.rule is not None and decision.rule.kind is Kind.READ
         return await self._forward(request, method, target, content,
