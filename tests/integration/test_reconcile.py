@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 import signal
 import ssl
@@ -44,13 +45,15 @@ ALLOWED = (
                  r"Failed to submit flow run|Crashed"),
     # `down` with a run in flight: PostgreSQL logs the API's queries cancelled as it stops.
     ("postgres", r"canceling statement due to user request"),
-    # The supervisor killed with -9: every service gets its stop signal at once, so
-    # PostgreSQL's fast shutdown ends the API's open connections, and Redis goes before the
-    # API process, whose docket worker logs the lost connection (with its traceback) and
-    # retries until the supervisor is gone.
-    ("postgres", r"FATAL:  terminating connection due to administrator command"),
-    ("api-1", r"docket\.worker - Redis is unavailable, retrying"),
 )
+# What the services, dying all at once with a supervisor killed with -9, may log between
+# the kill and their next start: PostgreSQL's fast shutdown ends open connections, Redis goes
+# before the API process, which loses its connections (whatever it was doing). Those lines are
+# checked on their own (each must be about a lost connection) and left out of the module's
+# log check.
+LOST_CONNECTION = re.compile(
+    r"[Cc]onnect(ion)?(Error| call failed| closed| refused)|terminating connection|"
+    r"Redis is unavailable|Exception in ASGI application|OSError|ConnectionRefusedError")
 
 DEPLOY = """
 from reconcile_flows import sleeper
@@ -66,6 +69,7 @@ class Stack:
         self.ports: dict[str, int] = json.loads((root / "ports.json").read_text())
         self.base = f"https://localhost:{self.ports['https']}"
         self.ca = str(root / "state" / "ca.crt")
+        self.killed_at: dict[str, int] = {}  # each log's size when the supervisor was killed
         self.keys = {role: cli("keys", "create", f"reconcile-{role}", "--role", role,
                                cwd=root).stdout.strip().splitlines()[-1]
                      for role in ("developer", "operator", "viewer")}
@@ -228,6 +232,8 @@ def test_a_run_in_flight_dies_with_a_supervisor_killed_with_minus_9(stack: Stack
     run_id = stack.run(600)
     process = stack.process(run_id)
     supervisor = status(stack.root)["supervisor_pid"]
+    stack.killed_at = {p.name: p.stat().st_size
+                       for p in (stack.root / "state" / "logs").glob("*.log")}
     os.kill(supervisor, signal.SIGKILL)
     try:
         process.wait(timeout=stack.wait(30))  # the reaper's grace is 10 s
@@ -238,9 +244,34 @@ def test_a_run_in_flight_dies_with_a_supervisor_killed_with_minus_9(stack: Stack
     cli("up", "--detach", cwd=stack.root, timeout=stack.wait(600))
     final = stack.finished(run_id, timeout=RECONCILE_BOUND)
     assert final["state"]["type"] == "CRASHED", final["state"]
+    dying, _rest = _split_at(stack, stack.killed_at)
+    unexpected = [p for p in log_problems(dying, ALLOWED)
+                  if not p.split(": ", 1)[1].startswith("Traceback")
+                  and not LOST_CONNECTION.search(p)]
+    assert not unexpected, "\n".join(unexpected[:40])
+
+
+def _split_at(stack: Stack, sizes: dict[str, int]) -> tuple[Path, Path]:
+    """Copies of the stack's logs: what each service wrote from `sizes` (its log's size at
+    the supervisor's kill) to its next start, and all the rest."""
+    dying, rest = stack.root / "logs-dying", stack.root / "logs-rest"
+    for directory in (dying, rest):
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir()
+    for path in (stack.root / "state" / "logs").glob("*.log"):
+        raw = path.read_bytes()
+        start = sizes.get(path.name, len(raw))
+        marker = raw.find(b"--- prefectstack: starting", start)
+        end = marker if marker >= 0 else len(raw)
+        (dying / path.name).write_bytes(raw[start:end])
+        (rest / path.name).write_bytes(raw[:start] + raw[end:])
+    return dying, rest
 
 
 def test_the_reconciler_said_what_it_did_and_no_log_shows_a_problem(stack: Stack) -> None:
     log = (stack.root / "state" / "logs" / "reconcile.log").read_text()
     assert "Crashed (ACCEPT)" in log
-    assert not log_problems(stack.root / "state" / "logs", ALLOWED)
+    logs = stack.root / "state" / "logs"
+    if stack.killed_at:  # the lines of services dying with the supervisor are checked above
+        logs = _split_at(stack, stack.killed_at)[1]
+    assert not log_problems(logs, ALLOWED)

@@ -61,8 +61,11 @@ def main() -> None:
     # handshake arrive without their Upgrade header, as plain HTTP).
     # proxy_headers off: uvicorn would take a loopback caller's X-Forwarded-For as its
     # address; the app reads it itself, and only from the edge (auth/gate.py).
+    # timeout_keep_alive: longer than the edge's idle timeout for upstream connections
+    # (Caddy's 2 min), so the edge closes idle connections, never this service while the edge
+    # may be sending a request on one (seen: a 502 "broken pipe" with uvicorn's 5 s).
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False,
-                proxy_headers=False,
+                proxy_headers=False, timeout_keep_alive=150,
                 ws="websockets-sansio" if upstreams else "none")
     audit.flush()  # the count of anonymous refusals not yet written
 

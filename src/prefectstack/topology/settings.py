@@ -126,6 +126,10 @@ def redis_env(stack: Stack) -> dict[str, str]:
     }
 
 
+# Longer than the edge's idle timeout for upstream connections (Caddy's default, 2 min).
+UPSTREAM_KEEPALIVE_SECONDS = 150
+
+
 def api_auth_string() -> str:
     """What Prefect's server auth compares the Basic credentials of every API call with."""
     return f"{stack_secrets.API_USER}:{secret(stack_secrets.API_PASSWORD)}"
@@ -143,6 +147,10 @@ def server_env(stack: Stack, home: str, docket: str = SERVICES_DOCKET_NAME) -> d
         "PREFECT_SERVER_UI_API_URL": f"{public_url(stack)}/api",
         "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
         "PREFECT_SERVER_API_AUTH_STRING": api_auth_string(),
+        # Idle keep-alive connections are closed by the edge (Caddy keeps an idle upstream
+        # connection 2 min), never by the API while the edge may be sending on one: with
+        # uvicorn's 5 s a request could meet a connection just being closed (a 502).
+        "PREFECT_SERVER_API_KEEPALIVE_TIMEOUT": str(UPSTREAM_KEEPALIVE_SECONDS),
         **retention_env(stack),
         **stack.api.settings,
         **redis_env(stack),
