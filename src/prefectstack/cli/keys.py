@@ -5,15 +5,18 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 import click
 
 from prefectstack import console
 from prefectstack.auth.roles import Role
-from prefectstack.auth.store import ApiKey
 from prefectstack.cli.access import open_store, record_cli, when
 from prefectstack.cli.options import json_flag, stack_file
 from prefectstack.errors import StackError
+
+if TYPE_CHECKING:  # the store (argon2, sqlite3) loads only when a command runs
+    from prefectstack.auth.store import ApiKey
 
 _DURATION = re.compile(r"^(\d+)([mhdw])$")
 _SECONDS = {"m": 60, "h": 3600, "d": 86400, "w": 604800}
