@@ -33,3 +33,24 @@ def test_cli_changes_to_users_and_keys_are_audited(tmp_path: Path) -> None:
     assert records[0]["key_prefix"] == key[:12]
     log = (tmp_path / ".prefectstack" / "data" / "auth" / "audit.log").read_text()
     assert key not in log, "the key itself is never written"
+
+
+def test_a_worker_key_serves_the_pools_it_was_given(tmp_path: Path) -> None:
+    (tmp_path / "stack.yaml").write_text("version: 1\nname: access\n")
+    scoped = run("keys", "create", "gpu-box", "--role", "worker", "--pool", "gpu", "--pool",
+                 "cpu", cwd=tmp_path)
+    assert "work pools cpu, gpu" in scoped.stdout and not scoped.stderr
+    anywhere = run("keys", "create", "any-box", "--role", "worker", cwd=tmp_path)
+    assert "serves every work pool: give it --pool" in anywhere.stderr  # a nudge, not an error
+    listed = {k["name"]: k["pools"] for k in json.loads(
+        run("keys", "list", "--json", cwd=tmp_path).stdout)}
+    assert listed == {"gpu-box": ["cpu", "gpu"], "any-box": None}
+    table = run("keys", "list", cwd=tmp_path).stdout
+    assert "cpu, gpu" in table and "any" in table
+    refused = subprocess.run([sys.executable, "-m", "prefectstack", "keys", "create", "ops",
+                              "--role", "operator", "--pool", "gpu"], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "only a worker key serves work pools" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    records = json.loads(run("audit", "--json", cwd=tmp_path).stdout)
+    assert records[0]["path"] == "keys create gpu-box --role worker --pool cpu --pool gpu"

@@ -52,6 +52,9 @@ def create(stack_path: str | None, name: str, role: str, expires_in: str | None,
     scope = "".join(f" --pool {p}" for p in sorted(set(pools)))
     record_cli(stack_path, f"keys create {name} --role {role}{scope}", key_prefix=key[:12])
     served = f", work pools {', '.join(sorted(set(pools)))}" if pools else ""
+    if Role(role) is Role.WORKER and not pools:
+        console.warn("this worker key serves every work pool: give it --pool for the pools "
+                     "its machine serves, so a lost key can't take other pools' runs")
     console.out(f"created {role} key {key[:12]} ({name}{served}); the key, shown once:")
     console.out(key)
 
