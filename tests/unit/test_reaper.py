@@ -97,3 +97,13 @@ def test_runs_die_with_a_supervisor_killed_with_minus_9(tmp_path: Path) -> None:
     supervisor.kill()
     supervisor.wait(timeout=30)
     assert gone(pid, 15)
+
+
+def test_a_reaper_killed_with_minus_9_takes_its_worker_with_it(tmp_path: Path) -> None:
+    """The supervisor restarts the unit: no worker of the old one may still be running."""
+    proc = reaper(tmp_path, "wait")
+    run_pid(tmp_path)
+    worker = next(p for p in psutil.Process(proc.pid).children() if p.pid != proc.pid)
+    proc.kill()
+    proc.wait(timeout=30)
+    assert gone(worker.pid, 15)

@@ -25,10 +25,12 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from types import FrameType
 
 import psutil
 
+PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 GRACE_ENV = "PREFECTSTACK_REAPER_GRACE"
 DEFAULT_GRACE_SECONDS = 10.0
@@ -38,6 +40,22 @@ _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 def become_subreaper() -> None:
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def _worker_dies_with_us() -> Callable[[], None] | None:
+    """A pre-exec hook: the worker gets SIGTERM if this process is killed (-9 included), so
+    the supervisor's restart never meets a worker of the old one still running."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork
+    parent = os.getpid()
+
+    def hook() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return hook
 
 
 def _reap() -> None:
@@ -95,7 +113,7 @@ def main(argv: list[str]) -> int:
         return 2
     grace = float(os.environ.get(GRACE_ENV) or DEFAULT_GRACE_SECONDS)
     become_subreaper()
-    worker = subprocess.Popen([sys.executable, *argv])
+    worker = subprocess.Popen([sys.executable, *argv], preexec_fn=_worker_dies_with_us())
 
     def forward(signum: int, _frame: FrameType | None) -> None:
         try:
