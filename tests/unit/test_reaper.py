@@ -15,14 +15,23 @@ import psutil
 
 # A stand-in for Prefect's process worker: starts a "flow run" in a session of its own
 # (as the process worker does), writes its pid, then waits for a signal or exits.
+# On SIGTERM it notes the signal and exits 7 a second later, so a second SIGTERM would be
+# noted too (Prefect's worker cuts its shutdown short on one).
 WORKER = textwrap.dedent("""
     import signal, subprocess, sys, time
     run = subprocess.Popen([sys.executable, "-c", sys.argv[3]], start_new_session=True)
     open(sys.argv[1], "w").write(str(run.pid))
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(7))
+    got = []
+    def on_term(*_):
+        got.append(time.monotonic())
+        with open(sys.argv[1] + ".signals", "a") as f:
+            f.write("TERM\\n")
+    signal.signal(signal.SIGTERM, on_term)
     if sys.argv[2] == "exit":
         sys.exit(3)
-    time.sleep(300)
+    while not got or time.monotonic() - got[0] < 1.0:
+        time.sleep(0.05)
+    sys.exit(7)
 """)
 RUN = "import time; time.sleep(300)"
 STUBBORN_RUN = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)"
@@ -32,8 +41,10 @@ def reaper(tmp_path: Path, mode: str, run: str = RUN, grace: str = "10") -> subp
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     env = {**os.environ, "PREFECTSTACK_REAPER_GRACE": grace}
+    # a session of its own, as the supervisor starts every service
     return subprocess.Popen([sys.executable, "-m", "prefectstack.jobs.reaper", str(script),
-                             str(tmp_path / "run.pid"), mode, run], env=env)
+                             str(tmp_path / "run.pid"), mode, run], env=env,
+                            start_new_session=True)
 
 
 def run_pid(tmp_path: Path) -> int:
@@ -63,12 +74,18 @@ def test_a_worker_that_exits_takes_its_runs_with_it(tmp_path: Path) -> None:
     assert gone(pid, 5)
 
 
-def test_stopping_the_reaper_stops_the_worker_then_its_runs(tmp_path: Path) -> None:
+def test_the_supervisors_stop_reaches_the_worker_once(tmp_path: Path) -> None:
+    """The supervisor stops a unit by signalling every process below it and its process
+    group (tools.Process.send): the worker must get that one SIGTERM, not a second one from
+    the reaper, and the reaper waits for the run the supervisor signalled too."""
     proc = reaper(tmp_path, "wait")
     pid = run_pid(tmp_path)
     assert psutil.Process(pid).ppid() != proc.pid  # a grandchild, in its own session
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 7  # forwarded: the worker's SIGTERM handler ran
+    for below in psutil.Process(proc.pid).children(recursive=True):
+        below.send_signal(signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=60) == 7  # the worker's own exit code
+    assert (tmp_path / "run.pid.signals").read_text() == "TERM\n"
     assert gone(pid, 5)
 
 

@@ -8,7 +8,8 @@ stop (the supervisor's stop signal, or the parent-death signal the supervisor's 
 so also when the supervisor is killed with -9), every process left below it gets SIGTERM
 (Prefect's engine then reports its run Crashed while the API is there to hear it), and
 SIGKILL after a grace period. Then it exits with the worker's code, and the supervisor
-restarts the unit as usual.
+restarts the unit as usual. A stop signal from the living supervisor is not passed on: the
+supervisor signals every process below the unit itself (once each), and waits for them.
 
 The warm worker needs none of this: its forkserver's children die with it. Containers
 don't either: when a container's main process ends, everything in it is stopped.
@@ -113,24 +114,45 @@ def main(argv: list[str]) -> int:
         return 2
     grace = float(os.environ.get(GRACE_ENV) or DEFAULT_GRACE_SECONDS)
     become_subreaper()
-    worker = subprocess.Popen([sys.executable, *argv], preexec_fn=_worker_dies_with_us())
+    supervisor = os.getppid()
+    # A process group of its own: the supervisor's group-wide stop signal reaches us only.
+    worker = subprocess.Popen([sys.executable, *argv], preexec_fn=_worker_dies_with_us(),
+                              process_group=0)
+    stopped_by_supervisor = False
 
-    def forward(signum: int, _frame: FrameType | None) -> None:
-        try:
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopped_by_supervisor
+        if os.getppid() == supervisor:
+            # The supervisor stopping the unit signals every process below us itself
+            # (tools.Process.send): a second SIGTERM would cut Prefect's worker's own
+            # shutdown short (its KeyboardInterrupt, logged at ERROR). Nothing to add.
+            stopped_by_supervisor = True
+            return
+        try:  # our parent is gone (its parent-death signal): we stop the worker
             worker.send_signal(signum)
         except ProcessLookupError:
             pass
 
     for sig in _FORWARDED:
-        signal.signal(sig, forward)
+        signal.signal(sig, on_signal)
     while True:  # waitpid is retried after each signal handler (PEP 475)
         pid, status = os.waitpid(-1, 0)
         if pid == worker.pid:
             code = os.waitstatus_to_exitcode(status)
             break
     worker.returncode = code
-    stop_everything_below(grace)
+    if stopped_by_supervisor:
+        wait_for_everything_below()  # signalled already; the supervisor escalates itself
+    else:
+        stop_everything_below(grace)
     return code if code >= 0 else 128 - code
+
+
+def wait_for_everything_below() -> None:
+    while _below():
+        _reap()
+        time.sleep(0.1)
+    _reap()
 
 
 if __name__ == "__main__":
