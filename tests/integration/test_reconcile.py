@@ -52,8 +52,9 @@ ALLOWED = (
 # checked on their own (each must be about a lost connection) and left out of the module's
 # log check.
 LOST_CONNECTION = re.compile(
-    r"[Cc]onnect(ion)?(Error| call failed| closed| refused)|terminating connection|"
-    r"Redis is unavailable|Exception in ASGI application|OSError|ConnectionRefusedError")
+    r"[Cc]onnect(ion)?(Error| call failed| closed| refused|ResetError| reset)|"
+    r"terminating connection|Redis is unavailable|Exception in ASGI application|"
+    r"docket\.worker - Error in scheduler loop|OSError|ConnectionRefusedError")
 
 DEPLOY = """
 from reconcile_flows import sleeper
