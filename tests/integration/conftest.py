@@ -19,6 +19,7 @@ pytestmark = pytest.mark.integration
 
 
 _HANDED_OUT: set[int] = set()
+_RANGE = 2500  # ports per xdist worker
 _STRIDE = 10  # room for ports a stack derives from one (API replicas take port+1, ...)
 
 
@@ -29,11 +30,12 @@ def free_port() -> int:
     PostgreSQL and the auth service both got 41655), and an ephemeral port can be taken by
     any outgoing connection meanwhile. So each pytest-xdist worker takes ports from its own
     range below Linux's ephemeral range (32768+), every `_STRIDE`-th port, skipping any in
-    use."""
+    use. Eight ranges of 2,500: the suite's two workers (gw0, gw1) plus room for runs by
+    hand beside it (PYTEST_XDIST_WORKER=gw2 ... gw7)."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
     index = int(worker[2:]) if worker[2:].isdigit() else 0
-    start = 10000 + (index % 4) * 5000
-    for port in range(start, start + 5000, _STRIDE):
+    start = 10000 + (index % 8) * _RANGE
+    for port in range(start, start + _RANGE, _STRIDE):
         if port in _HANDED_OUT:
             continue
         with socket.socket() as sock:
@@ -43,7 +45,7 @@ def free_port() -> int:
                 continue
         _HANDED_OUT.add(port)
         return port
-    raise RuntimeError(f"no free port left in {start}-{start + 5000}")
+    raise RuntimeError(f"no free port left in {start}-{start + _RANGE}")
 
 
 def stack_yaml(**ports: int) -> str:
