@@ -15,7 +15,7 @@ from pathlib import Path
 import uvicorn
 
 from prefectstack.auth.app import AuthConfig, create_app
-from prefectstack.auth.audit import RETENTION_DAYS, AuditLog
+from prefectstack.auth.audit import AuditLog, retention_days_from
 from prefectstack.auth.gate import Gate
 from prefectstack.auth.roles import Role
 from prefectstack.auth.store import Store
@@ -53,8 +53,7 @@ def main() -> None:
         api_auth_string=os.environ.get("PREFECTSTACK_API_AUTH_STRING") or None,
     )
     upstreams = os.environ.get("PREFECTSTACK_API_UPSTREAMS", "").split()
-    days = float(os.environ.get("PREFECTSTACK_AUDIT_RETENTION_DAYS") or RETENTION_DAYS)
-    audit = AuditLog(directory / AUDIT_FILE, retention_days=days)
+    audit = AuditLog(directory / AUDIT_FILE, retention_days=retention_days_from(os.environ))
     app = Gate(create_app(store, audit, Throttle(), config, api_upstreams=upstreams), audit,
                edge_secret=os.environ.get("PREFECTSTACK_EDGE_SECRET"))
     # Websockets: the relay for Prefect's websockets (forward_auth's own checks of a

@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -60,6 +60,12 @@ class Record:
     @property
     def moment(self) -> datetime:
         return datetime.fromisoformat(self.time)
+
+
+def retention_days_from(environ: Mapping[str, str]) -> float:
+    """The auth service's audit retention: PREFECTSTACK_AUDIT_RETENTION_DAYS, which the
+    topology sets from the stack file's `retention.audit_days`; RETENTION_DAYS without it."""
+    return float(environ.get("PREFECTSTACK_AUDIT_RETENTION_DAYS") or RETENTION_DAYS)
 
 
 def now_iso(clock: Callable[[], float] = time.time) -> str:

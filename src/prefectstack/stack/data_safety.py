@@ -12,25 +12,35 @@ from prefectstack.stack.base import StrictModel
 
 
 class RetentionConfig(StrictModel):
-    """How long history is kept; Prefect's own vacuum service deletes what is older."""
+    """How long history is kept; Prefect's own vacuum service deletes what is older (the
+    names and behaviour below are Prefect 3.8.8's `prefect/server/services/db_vacuum.py`)."""
 
     flow_runs_days: int | None = Field(
         30, ge=1, le=3650,
         description=(
-            "Finished flow runs older than this many days are deleted, with their logs, task "
-            "runs and artifacts (PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD). `null` "
-            "keeps them forever."
+            "Top-level flow runs that ended (Completed, Failed, Cancelled or Crashed) more than "
+            "this many days ago are deleted with their states, task runs, subflow runs, logs "
+            "and artifacts; runs that never finished are kept "
+            "(PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD; also turns on Prefect's "
+            "daily clean-up of orphaned logs and artifacts). `null` keeps them forever."
         ),
     )
     events_days: int = Field(
         7, ge=1, le=3650,
-        description="Events older than this many days are deleted "
-        "(PREFECT_SERVER_EVENTS_RETENTION_PERIOD).",
+        description="Events and their related-resource rows older than this many days are "
+        "deleted (PREFECT_SERVER_EVENTS_RETENTION_PERIOD; flow-run heartbeats are kept at most "
+        "7 days).",
+    )
+    vacuum_interval_seconds: int = Field(
+        3600, ge=1, le=86400,
+        description="How often the vacuum looks for flow runs and events past their retention "
+        "(PREFECT_SERVER_SERVICES_DB_VACUUM_LOOP_SECONDS; Prefect's default, an hour).",
     )
     audit_days: int = Field(
         90, ge=1, le=3650,
         description="Audit-log records of the auth service older than this many days are "
-        "deleted.",
+        "deleted (when the service starts, and at most hourly as it writes; a log that "
+        "gets no new records does not grow).",
     )
 
 

@@ -161,13 +161,18 @@ DAY_SECONDS = 86400
 
 
 def retention_env(stack: Stack) -> dict[str, str]:
-    """Prefect's own vacuum (verified in prefect/settings/models/server/services.py and
-    events.py): events always; flow runs (with their logs, task runs and artifacts, and
-    the orphan cleanup it implies) unless kept forever. The events' period is a plain
-    timedelta (ISO 8601 duration; pydantic refuses bare seconds there), the vacuum's takes
-    seconds."""
+    """Prefect's own vacuum (names and semantics checked against Prefect 3.8.8:
+    prefect/settings/models/server/services.py and events.py, and the service itself,
+    prefect/server/services/db_vacuum.py). Events always; flow runs unless kept forever
+    (`flow_runs` also turns on Prefect's daily orphan clean-up of logs and artifacts). The
+    events' period is a plain timedelta (ISO 8601 duration: pydantic refuses bare seconds
+    there), the vacuum's period and loop take seconds. The loop is set even at Prefect's
+    default so that the policy is all in one place."""
     retention = stack.retention
-    env = {"PREFECT_SERVER_EVENTS_RETENTION_PERIOD": f"P{retention.events_days}D"}
+    env = {
+        "PREFECT_SERVER_EVENTS_RETENTION_PERIOD": f"P{retention.events_days}D",
+        "PREFECT_SERVER_SERVICES_DB_VACUUM_LOOP_SECONDS": str(retention.vacuum_interval_seconds),
+    }
     if retention.flow_runs_days is None:
         env["PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED"] = "events"
     else:
