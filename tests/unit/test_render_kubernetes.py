@@ -504,3 +504,32 @@ def test_migration_wait_knows_prefects_postgres_head_and_asyncpgs_url() -> None:
                    for t in texts)  # nothing comes after it
     assert migrated.asyncpg_url("postgresql+asyncpg://u:p@db:5432/prefect") == (
         "postgresql://u:p@db:5432/prefect")
+
+
+def test_auth_relays_to_the_api_service_not_a_container_spec_without_one() -> None:
+    """`api-replicas` is a container spec, not a Service: that name resolves to nothing in
+    the cluster, so the auth service's websocket relay and pool lookups must use `api`."""
+    _, bundle = render("three-apis")
+    services = {o["metadata"]["name"] for o in objects(bundle) if o["kind"] == "Service"}
+    upstreams = find(bundle, "ConfigMap", "auth-env")["data"]["PREFECTSTACK_API_UPSTREAMS"]
+    assert upstreams == "api:4200"
+    assert {u.split(":")[0] for u in upstreams.split()} <= services
+
+
+def test_edge_pods_are_replicated_with_a_disruption_budget() -> None:
+    _, bundle = render("three-apis")
+    edge = find(bundle, "Deployment", "edge")
+    assert edge["spec"]["replicas"] == 2
+    budget = next(o for o in objects(bundle) if o["kind"] == "PodDisruptionBudget"
+                  and o["metadata"]["name"] == "edge")
+    assert budget["spec"]["minAvailable"] == 1
+    selector = budget["spec"]["selector"]["matchLabels"]
+    assert all(edge["spec"]["template"]["metadata"]["labels"][k] == v
+               for k, v in selector.items())
+    stack = Stack.model_validate({"version": CURRENT_VERSION,
+                                  "edge": {"ingress": {"edge_replicas": 4}}})
+    assert find(kubernetes.render(stack, fake_secrets(stack)), "Deployment",
+                "edge")["spec"]["replicas"] == 4
+    _, edge_tls = render("edge-tls")  # its certificates on one claim: one pod
+    assert find(edge_tls, "StatefulSet", "edge")["spec"]["replicas"] == 1
+    assert "still a single pod" in bundle.files["README.md"]

@@ -1,8 +1,9 @@
 """The edge on Kubernetes: Caddy behind the Ingress, with the auth service beside it.
 
 TLS terminates at the Ingress (the cluster's certificates, e.g. from cert-manager), so the
-edge is stateless: a Deployment serving the same routes as the local edge (`forward_auth`
-to `auth`, load balancing over the `api` Service, `/flow-files/`) on one plain-HTTP port.
+edge is stateless: a Deployment (`edge.ingress.edge_replicas` pods, 2 by default, with a
+PodDisruptionBudget) serving the same routes as the local edge (`forward_auth` to `auth`,
+load balancing over the `api` Service, `/flow-files/`) on one plain-HTTP port.
 The Ingress and the stack's own clients (workers, pools, examples) both come in there, so
 every request is checked the same way. Caddy trusts X-Forwarded-For only from the ranges in
 `edge.ingress.trusted_proxies` (the Ingress controller's; by default none: flow code in a
@@ -47,7 +48,9 @@ def objects(ctx: Context, c: Container, front: Front) -> list[dict[str, Any]]:
     """The edge's Deployment (StatefulSet when it keeps its own certificates) and Service."""
     stateless = replace(c, volumes={})  # TLS is the Ingress's: nothing to keep
     deployment = pods.workload(ctx, c if front.edge_tls else stateless)
+    replicas = 1 if front.edge_tls else front.config.edge_replicas
     if not front.edge_tls:
+        deployment["spec"]["replicas"] = replicas
         deployment["spec"]["strategy"] = {
             "type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
     spec = deployment["spec"]["template"]["spec"]
@@ -86,7 +89,8 @@ def objects(ctx: Context, c: Container, front: Front) -> list[dict[str, Any]]:
     names = {v["name"] for v in spec["volumes"]}
     spec["volumes"] += [v for v in pods.scratch_volumes({"caddy"}) if v["name"] not in names]
     spec["affinity"] = pods.spread(ctx, "edge")
-    out = [deployment, pods.service(ctx, stateless, ctx.selector(c), c.name)]
+    out = [deployment, pods.service(ctx, stateless, ctx.selector(c), c.name),
+           pods.budget(ctx, "edge", replicas)]
     if front.edge_tls:
         out.append(front.edge_service(ctx.selector(c)))
     return out

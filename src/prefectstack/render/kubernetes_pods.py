@@ -423,10 +423,17 @@ def service(ctx: Context, c: Container, selector: dict[str, str], name: str) -> 
 
 
 def api_budget(ctx: Context, replicas: int) -> dict[str, Any]:
-    """Keep one API process through voluntary disruptions when there are several."""
+    return budget(ctx, "api", replicas)
+
+
+def budget(ctx: Context, component: str, replicas: int) -> dict[str, Any]:
+    """Keep one pod of a component through voluntary disruptions (node drains) when there
+    are several; with one pod a budget that kept it would block every drain."""
     limit = {"minAvailable": 1} if replicas > 1 else {"maxUnavailable": 1}
     return {
-        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": ctx.meta("api"),
+        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+        "metadata": ctx.meta(component),
         "spec": {**limit, "selector": {"matchLabels": {
-            "app.kubernetes.io/component": "api", "app.kubernetes.io/instance": ctx.namespace}}},
+            "app.kubernetes.io/component": component,
+            "app.kubernetes.io/instance": ctx.namespace}}},
     }

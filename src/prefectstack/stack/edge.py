@@ -72,6 +72,14 @@ class IngressConfig(StrictModel):
             "Ingress; reach the API with `kubectl port-forward`."
         ),
     )
+    edge_replicas: int = Field(
+        2, ge=1, le=20,
+        description=(
+            "Edge pods (Caddy) behind the Ingress, with a PodDisruptionBudget keeping one "
+            "up; they keep no state. With `tls: edge` there is one (its certificates live "
+            "on its volume claim)."
+        ),
+    )
 
     @field_validator("trusted_proxies")
     @classmethod
