@@ -154,7 +154,8 @@ def test_retention_becomes_prefects_settings_and_the_auth_env() -> None:
     env = retention_env(stack)
     assert env == {"PREFECT_SERVER_EVENTS_RETENTION_PERIOD": "P7D",
                    "PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED": "events,flow_runs",
-                   "PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD": "864000"}
+                   "PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD": "864000",
+                   "PREFECT_SERVER_SERVICES_DB_VACUUM_LOOP_SECONDS": "3600"}
     services = {s.name: s for s in build(stack)}
     assert services["services"].env["PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD"] == \
         "864000"

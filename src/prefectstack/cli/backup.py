@@ -41,7 +41,9 @@ def size(num: float) -> str:
 @click.pass_context
 def backup(ctx: click.Context, stack_path: str | None, to: str | None, as_json: bool) -> None:
     """Back up the running stack into one file: database, users and API keys, the edge's CA,
-    secrets, the stack file and a manifest (versions, checksums, row counts). Mode 0600."""
+    secrets, the stack file and a manifest (versions, checksums, row counts). Mode 0600.
+    Encrypted with age when the stack file has backup.encrypt; copied to a bucket when it
+    has backup.s3."""
     if ctx.invoked_subcommand:
         return
     from prefectstack.runtime import backup as backups
@@ -52,12 +54,17 @@ def backup(ctx: click.Context, stack_path: str | None, to: str | None, as_json: 
     if as_json:
         console.json_out({"file": str(result.path), "size_bytes": result.size,
                           "seconds": round(result.seconds, 2), "pruned": result.pruned,
+                          "encrypted": result.path.name.endswith(".age"),
+                          "remote": result.remote, "pruned_remote": result.pruned_remote,
                           "manifest": asdict(result.manifest)})
         return
     runs = result.manifest.row_counts.get("flow_run", 0)
-    console.out(f"backup written: {result.path} ({size(result.size)}, {runs} flow runs, "
-                f"{result.seconds:.1f}s)")
-    for name in result.pruned:
+    encrypted = ", encrypted" if result.path.name.endswith(".age") else ""
+    console.out(f"backup written: {result.path} ({size(result.size)}, {runs} flow runs"
+                f"{encrypted}, {result.seconds:.1f}s)")
+    if result.remote:
+        console.out(f"  copied to {result.remote}")
+    for name in result.pruned + result.pruned_remote:
         console.out(f"  pruned {name} (beyond backup.keep)")
 
 
@@ -65,13 +72,19 @@ def backup(ctx: click.Context, stack_path: str | None, to: str | None, as_json: 
 @stack_file
 @json_flag
 def list_backups(stack_path: str | None, as_json: bool) -> None:
-    """Show this stack's backups in its backup destination, newest first."""
+    """Show this stack's backups in its backup destination, and their copies in the bucket
+    of backup.s3, newest first."""
     from prefectstack.runtime import backup as backups
     from prefectstack.stack.loader import load_stack
 
     loaded = load_stack(stack_path)
     dest = backups.destination(loaded)
     entries = backups.listing(dest, loaded.stack.name)
+    if loaded.stack.backup.s3 is not None:
+        from prefectstack.runtime import backup_s3
+
+        entries = sorted(entries + backup_s3.listing(loaded),
+                         key=lambda e: (e["created_at"], e["location"]), reverse=True)
     if as_json:
         console.json_out({"destination": str(dest), "backups": entries,
                           "last": backups.last_status(loaded.state_dir)})
@@ -79,21 +92,46 @@ def list_backups(stack_path: str | None, as_json: bool) -> None:
     if not entries:
         console.out(f"no backups in {dest}")
         return
-    rows = [[Path(e["file"]).name, age(e["age_seconds"]) + " ago", size(e["size_bytes"]),
-             e.get("prefect_version", "-") if e["valid"] else f"DAMAGED: {e['error']}"]
+    rows = [[e["file"] if e["location"] == "s3" else Path(e["file"]).name,
+             age(e["age_seconds"]) + " ago", size(e["size_bytes"]), describe(e)]
             for e in entries]
     console.table(["backup", "age", "size", "prefect"], rows)
 
 
+def describe(entry: dict[str, Any]) -> str:
+    if entry.get("valid") is False:
+        return f"DAMAGED: {entry['error']}"
+    if entry.get("encrypted"):
+        return "encrypted (age)"
+    return str(entry.get("prefect_version", "-"))
+
+
+@backup.command("keygen")
+@click.argument("path", type=click.Path(dir_okay=False))
+def keygen(path: str) -> None:
+    """Write a new age private key to PATH (0600; never over an existing file) and print its
+    public key, for backup.encrypt.recipients. Keep PATH off this machine too: without it
+    no encrypted backup can be restored. `age-keygen -o PATH` does the same."""
+    from prefectstack.runtime import backup_crypt
+
+    public = backup_crypt.keygen(Path(path))
+    console.out(f"private key written to {path} (keep a copy somewhere safe)")
+    console.out(f"public key (for backup.encrypt.recipients): {public}")
+
+
 @click.command()
-@click.argument("archive", type=click.Path(dir_okay=False))
+@click.argument("archive")
 @stack_file
 @click.option("-y", "--yes", is_flag=True, help="Do not ask before replacing the data.")
 @json_flag
 def restore(archive: str, stack_path: str | None, yes: bool, as_json: bool) -> None:
     """Restore a backup into the stopped stack: checks the file whole first, rebuilds the
     database beside the old one, then swaps it in (the old data is kept in
-    <state_dir>/restore-previous/)."""
+    <state_dir>/restore-previous/).
+
+    ARCHIVE is a backup file, or s3://BUCKET/KEY for a copy in the bucket of backup.s3
+    (fetched with its endpoint and credentials). An encrypted backup (.tar.age) is decrypted
+    with the private key file of backup.encrypt.identity_file."""
     from prefectstack.runtime import restore as restoring
     from prefectstack.stack.loader import load_stack
 
@@ -104,7 +142,7 @@ def restore(archive: str, stack_path: str | None, yes: bool, as_json: bool) -> N
                     f"secrets) with the backup {archive}.")
         if not console.confirm("Restore?"):
             raise StackError("nothing restored", hint="pass --yes to restore without asking")
-    report = restoring.restore(loaded, Path(archive))
+    report = restoring.restore(loaded, archive)
     data: dict[str, Any] = {
         "file": str(report.archive), "seconds": round(report.seconds, 2),
         "previous": str(report.previous) if report.previous else None, "notes": report.notes,

@@ -16,7 +16,7 @@ import sqlite3
 import tarfile
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ import asyncpg
 from prefectstack import tools
 from prefectstack.errors import StackError
 from prefectstack.layout import EDGE_STORAGE, Layout
-from prefectstack.runtime import backend, secret_store, state
+from prefectstack.runtime import backend, backup_crypt, secret_store, state
 from prefectstack.runtime import backup_manifest as mf
 from prefectstack.runtime import backup_retention as retention
 from prefectstack.runtime.binaries import postgres_bin_dir
@@ -47,6 +47,8 @@ class Result:
     size: int
     seconds: float
     pruned: list[str]
+    remote: str | None = None  # the S3 copy's URL
+    pruned_remote: list[str] = field(default_factory=list)
 
 
 def destination(loaded: LoadedStack) -> Path:
@@ -83,14 +85,28 @@ def create(loaded: LoadedStack, to: Path | None = None) -> Result:
     try:
         result = _create(loaded, dest, started)
     except BaseException as exc:
-        with contextlib.suppress(OSError):
-            _record(state_dir, {"ok": False, "at": _now().isoformat(), "error": str(exc)})
+        _record_failure(state_dir, str(exc))
         raise
+    if loaded.stack.backup.s3 is not None:
+        from prefectstack.runtime import backup_s3
+
+        try:
+            result.remote = backup_s3.upload(loaded, result.path)
+            result.pruned_remote = backup_s3.prune(loaded)
+        except BaseException as exc:
+            _record_failure(state_dir, f"{result.path} was written but not copied to S3: "
+                                       f"{exc}", path=str(result.path))
+            raise
     _record(state_dir, {"ok": True, "at": result.manifest.created_at,
                         "path": str(result.path), "size": result.size,
-                        "seconds": round(result.seconds, 2),
+                        "seconds": round(result.seconds, 2), "remote": result.remote,
                         "schedule": loaded.stack.backup.schedule})
     return result
+
+
+def _record_failure(state_dir: Path, error: str, **extra: str) -> None:
+    with contextlib.suppress(OSError):
+        _record(state_dir, {"ok": False, "at": _now().isoformat(), "error": error} | extra)
 
 
 def _create(loaded: LoadedStack, dest: Path, started: float) -> Result:
@@ -98,9 +114,12 @@ def _create(loaded: LoadedStack, dest: Path, started: float) -> Result:
     layout = Layout(loaded.state_dir)
     secrets = secret_store.load(layout.root)
     when = _now()
-    name = mf.backup_name(loaded.stack.name, when, {p.name for p in dest.iterdir()})
+    encryption = loaded.stack.backup.encrypt
+    name = mf.backup_name(loaded.stack.name, when, {p.name for p in dest.iterdir()},
+                          encrypted=encryption is not None)
     work = Path(tempfile.mkdtemp(dir=dest, prefix=".backup-"))
     partial = dest / f".{name}.partial"
+    plain = dest / f".{name}.tar-partial"  # the tar before it is encrypted
     try:
         counts, pg_version, alembic = asyncio.run(_dump_database(loaded, secrets, work / mf.DUMP))
         auth_counts = _copy_auth_store(layout, work / mf.AUTH_DB)
@@ -119,12 +138,19 @@ def _create(loaded: LoadedStack, dest: Path, started: float) -> Result:
             postgres_version=pg_version, alembic_version=alembic,
             files=mf.describe_files(work), row_counts=counts, auth_counts=auth_counts)
         write_atomic(work / mf.MANIFEST, manifest.to_json())
-        _write_tar(work, partial)
+        if encryption is None:
+            _write_tar(work, partial)
+        else:
+            _write_tar(work, plain)
+            shutil.rmtree(work)  # the space it holds, before the encrypted copy takes more
+            backup_crypt.encrypt(plain, partial, encryption.recipients)
+            plain.unlink()
         os.replace(partial, dest / name)
         _fsync_dir(dest)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         partial.unlink(missing_ok=True)
+        plain.unlink(missing_ok=True)
     pruned = prune(dest, loaded) if dest == destination(loaded) else []
     return Result(dest / name, manifest, (dest / name).stat().st_size,
                   time.monotonic() - started, pruned)
@@ -273,9 +299,15 @@ def listing(dest: Path, stack: str) -> list[dict[str, Any]]:
         made = mf.made_at(path.name)
         assert made is not None
         entry: dict[str, Any] = {
-            "file": str(path), "created_at": made.isoformat(),
+            "file": str(path), "location": "local", "created_at": made.isoformat(),
             "age_seconds": int((now - made).total_seconds()), "size_bytes": path.stat().st_size,
+            "encrypted": bool(match.group("age")),
         }
+        if entry["encrypted"]:  # its manifest is read (and checked) when it is restored
+            valid = _has_age_header(path)
+            entry |= {"valid": valid} | ({} if valid else {"error": "not an age file"})
+            out.append(entry)
+            continue
         try:
             manifest = read_manifest(path)
             entry |= {"valid": True, "prefect_version": manifest.prefect_version,
@@ -285,6 +317,13 @@ def listing(dest: Path, stack: str) -> list[dict[str, Any]]:
             entry |= {"valid": False, "error": exc.message}
         out.append(entry)
     return sorted(out, key=lambda e: e["created_at"], reverse=True)
+
+
+def _has_age_header(path: Path) -> bool:
+    try:
+        return backup_crypt.is_encrypted(path)
+    except OSError:
+        return False
 
 
 def prune(dest: Path, loaded: LoadedStack) -> list[str]:

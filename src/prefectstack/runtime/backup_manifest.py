@@ -21,9 +21,10 @@ AUTH_DB = "auth.db"
 SECRETS = "secrets.json"
 STACK_FILE = "stack.yaml"
 EDGE_CA_DIR = "edge-ca"  # Caddy's local authority: root and intermediate, keys and certs
-# `<stack>-backup-<UTC time>.tar`: retention prunes only names of this shape.
+# `<stack>-backup-<UTC time>.tar` (`.tar.age` encrypted): retention prunes only names of
+# this shape.
 NAME_PATTERN = re.compile(r"^(?P<stack>[a-z][a-z0-9-]{0,39})-backup-(?P<stamp>\d{8}T\d{6}Z)"
-                          r"(?:-(?P<n>\d+))?\.tar$")
+                          r"(?:-(?P<n>\d+))?\.tar(?P<age>\.age)?$")
 STAMP = "%Y%m%dT%H%M%SZ"
 
 
@@ -131,13 +132,15 @@ def check_restorable(manifest: Manifest, *, known_revisions: set[str], head_revi
             hint="restore it with that stack's file (-f), or rename the stack")
 
 
-def backup_name(stack: str, when: datetime, taken: set[str]) -> str:
+def backup_name(stack: str, when: datetime, taken: set[str], encrypted: bool = False) -> str:
+    """A name no backup in `taken` has, encrypted or not."""
     base = f"{stack}-backup-{when.astimezone(UTC).strftime(STAMP)}"
-    name, n = f"{base}.tar", 1
-    while name in taken:
+    suffix = ".tar.age" if encrypted else ".tar"
+    stem, n = base, 1
+    while f"{stem}.tar" in taken or f"{stem}.tar.age" in taken:
         n += 1
-        name = f"{base}-{n}.tar"
-    return name
+        stem = f"{base}-{n}"
+    return stem + suffix
 
 
 def made_at(name: str) -> datetime | None:

@@ -24,7 +24,7 @@ from prefectstack import tools
 from prefectstack.errors import StackError
 from prefectstack.jobs import dbinit
 from prefectstack.layout import Layout
-from prefectstack.runtime import backup, pgdata, state
+from prefectstack.runtime import backup, backup_crypt, pgdata, state
 from prefectstack.runtime import backup_manifest as mf
 from prefectstack.runtime.binaries import postgres_bin_dir
 from prefectstack.runtime.files import write_atomic
@@ -40,31 +40,37 @@ RESTORE_TIMEOUT_SECONDS = 6 * 3600
 
 @dataclass
 class Report:
-    archive: Path
+    archive: str  # a path, or an s3:// URL
     manifest: mf.Manifest
     previous: Path | None
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
 
-def restore(loaded: LoadedStack, archive: Path) -> Report:
+def restore(loaded: LoadedStack, archive: str) -> Report:
+    """Restore `archive`: a backup file (a tar, or a tar encrypted with age, decrypted with
+    backup.encrypt.identity_file) or an `s3://BUCKET/KEY` copy (fetched with backup.s3)."""
     backup.require_local_postgres(loaded, "restore")
     state_dir = loaded.state_dir
     if state.supervisor_alive(state_dir) or state.read(state_dir) is not None:
         raise StackError("the stack is running (or left state behind); restore replaces its "
                          "data, so it must be stopped first",
                          hint="`prefectstack down`, then restore")
-    if not archive.is_file():
+    from_s3 = archive.startswith(backup_s3_scheme())
+    if not from_s3 and not Path(archive).is_file():
         raise StackError(f"no backup file at {archive}")
     started = time.monotonic()
     layout = Layout(state_dir)
     layout.root.mkdir(parents=True, exist_ok=True)
     layout.data.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=layout.root, prefix=".restore-"))
+    fetched = Path(tempfile.mkdtemp(dir=layout.root, prefix=".restore-fetch-"))
     new_pgdata = layout.data / f"pgdata{NEW_SUFFIX}"
     new_auth = layout.data / f"auth{NEW_SUFFIX}"
     try:
-        manifest = _unpack_and_check(loaded, archive, work)
+        tar = _fetch_and_decrypt(loaded, archive, fetched)
+        manifest = _unpack_and_check(loaded, tar, work, archive)
+        shutil.rmtree(fetched)  # the space it takes, before the database is rebuilt
         secrets = mf_secrets(work)
         _rebuild_database(loaded, layout, manifest, secrets, work, new_pgdata)
         _rebuild_auth(layout, work, new_auth)
@@ -73,6 +79,7 @@ def restore(loaded: LoadedStack, archive: Path) -> Report:
         _compare_stack_file(loaded, work, report)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(fetched, ignore_errors=True)
         for leftover in (new_pgdata, new_auth, new_pgdata.with_name(new_pgdata.name
                                                                     + ".initdb-tmp")):
             shutil.rmtree(leftover, ignore_errors=True)
@@ -81,8 +88,34 @@ def restore(loaded: LoadedStack, archive: Path) -> Report:
     return report
 
 
-def _unpack_and_check(loaded: LoadedStack, archive: Path, work: Path) -> mf.Manifest:
-    source = str(archive)
+def backup_s3_scheme() -> str:
+    return "s3://"
+
+
+def _fetch_and_decrypt(loaded: LoadedStack, archive: str, fetched: Path) -> Path:
+    """The backup as a plain tar on local disk: fetched from S3, decrypted with the stack's
+    age key when it is encrypted (either into the private dir `fetched`)."""
+    local = Path(archive)
+    if archive.startswith(backup_s3_scheme()):
+        from prefectstack.runtime import backup_s3
+
+        local = fetched / "download"
+        backup_s3.download(loaded, archive, local)
+    try:
+        encrypted = backup_crypt.is_encrypted(local)
+    except OSError as exc:
+        raise StackError(f"cannot read {archive} ({exc.strerror})") from None
+    if not encrypted:
+        return local
+    plain = fetched / "decrypted.tar"
+    backup_crypt.decrypt(local, plain, backup_crypt.identity_file(loaded))
+    if local.parent == fetched:
+        local.unlink()
+    return plain
+
+
+def _unpack_and_check(loaded: LoadedStack, archive: Path, work: Path,
+                      source: str) -> mf.Manifest:
     try:
         with tarfile.open(archive, mode="r:") as tar:
             tar.extractall(work, filter="data")
@@ -279,4 +312,5 @@ def _compare_stack_file(loaded: LoadedStack, work: Path, report: Report) -> None
     if saved.is_file() and current.is_file() and saved.read_bytes() != current.read_bytes():
         report.notes.append(
             f"the stack file differs from the one backed up; it was left as it is (the "
-            f"backed-up copy is `{mf.STACK_FILE}` inside {report.archive.name})")
+            f"backed-up copy is `{mf.STACK_FILE}` inside "
+            f"{report.archive.rsplit('/', 1)[-1]})")
