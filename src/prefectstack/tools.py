@@ -188,7 +188,7 @@ def spawn(
             group=gid,
             extra_groups=groups,
             start_new_session=True,
-            preexec_fn=_chain(_die_with_parent(death_signal), _default_sigint()),
+            preexec_fn=_chain(die_with_parent(death_signal), _default_sigint()),
         )
     except FileNotFoundError:
         raise StackError(f"program not found: {argv[0]}") from None
@@ -202,7 +202,7 @@ def spawn(
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent(sig: int) -> Callable[[], None] | None:
+def die_with_parent(sig: int) -> Callable[[], None] | None:
     """A pre-exec hook that asks the kernel for `sig` when our forking thread exits (Linux).
 
     Popen runs it after it has changed user: a change of credentials clears the setting, a

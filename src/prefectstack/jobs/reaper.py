@@ -26,12 +26,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from types import FrameType
 
 import psutil
 
-PR_SET_PDEATHSIG = 1
+from prefectstack import tools
+
 PR_SET_CHILD_SUBREAPER = 36
 GRACE_ENV = "PREFECTSTACK_REAPER_GRACE"
 DEFAULT_GRACE_SECONDS = 10.0
@@ -41,22 +41,6 @@ _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 def become_subreaper() -> None:
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-
-
-def _worker_dies_with_us() -> Callable[[], None] | None:
-    """A pre-exec hook: the worker gets SIGTERM if this process is killed (-9 included), so
-    the supervisor's restart never meets a worker of the old one still running."""
-    if not sys.platform.startswith("linux"):
-        return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork
-    parent = os.getpid()
-
-    def hook() -> None:
-        prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        if os.getppid() != parent:
-            os._exit(1)
-
-    return hook
 
 
 def _reap() -> None:
@@ -116,7 +100,10 @@ def main(argv: list[str]) -> int:
     become_subreaper()
     supervisor = os.getppid()
     # A process group of its own: the supervisor's group-wide stop signal reaches us only.
-    worker = subprocess.Popen([sys.executable, *argv], preexec_fn=_worker_dies_with_us(),
+    # It gets SIGTERM if we are killed (-9 included), so the supervisor's restart never
+    # meets a worker of the old unit still running.
+    worker = subprocess.Popen([sys.executable, *argv],
+                              preexec_fn=tools.die_with_parent(signal.SIGTERM),
                               process_group=0)
     stopped_by_supervisor = False
 

@@ -15,16 +15,11 @@ TIMEOUT = 1.0
 
 
 def pg_ping(host: str, port: int) -> bool:
-    """What pg_isready does: send an SSLRequest and expect the server's one-byte answer.
-    A server that is still starting up or shutting down closes the connection instead."""
+    """What pg_isready does: the postmaster answers an SSLRequest, and a StartupMessage
+    tells a server that serves from one still starting up or shutting down."""
     try:
-        with socket.create_connection((host, port), timeout=TIMEOUT) as sock:
-            sock.sendall(struct.pack("!ii", 8, 80877103))
-            answer = sock.recv(1)
-        if answer not in (b"S", b"N"):
-            return False
         # The postmaster accepts before it can serve; a StartupMessage tells them apart.
-        return _pg_accepts_startup(host, port)
+        return pg_listening(host, port) and _pg_accepts_startup(host, port)
     except OSError:
         return False
 
