@@ -31,6 +31,7 @@ STACKS: dict[str, dict[str, Any]] = {
                  "ingress": {"trusted_proxies": ["10.96.5.0/24"]}},
     },
     "no-edge": {"edge": {"enabled": False}},
+    "monitoring": {"api": {"replicas": 2}, "monitoring": {"enabled": True}},
     "no-edge-public": {"edge": {"enabled": False, "ingress": {"allow_unauthenticated": True}}},
     "edge-tls": {"edge": {"host": "prefect.example.com", "ingress": {"tls": "edge"}}},
     "own-certificate": {
@@ -533,3 +534,35 @@ def test_edge_pods_are_replicated_with_a_disruption_budget() -> None:
     _, edge_tls = render("edge-tls")  # its certificates on one claim: one pod
     assert find(edge_tls, "StatefulSet", "edge")["spec"]["replicas"] == 1
     assert "still a single pod" in bundle.files["README.md"]
+
+
+def test_monitoring_scrapes_every_api_pod_and_only_grafana_queries_prometheus() -> None:
+    _, bundle = render("monitoring")
+    headless = find(bundle, "Service", "api-pods")["spec"]
+    assert headless["clusterIP"] == "None" and headless["publishNotReadyAddresses"] is True
+    for name in ("api", "api-replicas"):  # every API pod matches its selector
+        labels = find(bundle, "Deployment", name)["spec"]["template"]["metadata"]["labels"]
+        assert headless["selector"].items() <= labels.items()
+    config = yaml.safe_load(find(bundle, "ConfigMap", "prometheus-config")["data"][
+        "prometheus.yml"])
+    scrape = config["scrape_configs"][0]
+    assert scrape["dns_sd_configs"][0]["names"] == ["api-pods"]
+    assert scrape["dns_sd_configs"][0]["port"] == 4200
+    prom = pod(find(bundle, "StatefulSet", "prometheus"))
+    password = next(v for v in prom["volumes"] if v["name"] == "api-password")["secret"]
+    assert password["items"] == [{"key": "api_password", "path": "api_password"}]
+    mounts = {m["mountPath"] for m in prom["containers"][0]["volumeMounts"]}
+    assert scrape["basic_auth"]["password_file"].rsplit("/", 1)[0] in mounts
+    graf = pod(find(bundle, "Deployment", "grafana"))["containers"][0]
+    ref = next(e for e in graf["env"] if e["name"] == "GF_SECURITY_ADMIN_PASSWORD")
+    assert ref["valueFrom"]["secretKeyRef"]["key"] == "grafana_admin_password"
+    secret = find(bundle, "Secret", "prefectstack-secrets")["data"]
+    assert {"api_password", "grafana_admin_password"} <= secret.keys()
+    assert policies(bundle)["api"] == ["api", "auth", "edge", "prometheus"]
+    assert policies(bundle)["prometheus"] == ["grafana"]
+    assert policies(bundle)["grafana"] == []  # kubectl port-forward only
+    assert not [o for o in objects(bundle) if o["kind"] == "Ingress"
+                and "grafana" in str(o)]
+    assert "port-forward svc/grafana 3000" in bundle.files["README.md"]
+    _, plain = render("default")
+    assert not [o for o in objects(plain) if o["metadata"]["name"] == "prometheus"]

@@ -16,6 +16,7 @@ from prefectstack import topology
 from prefectstack.render import containers, kubernetes_policy
 from prefectstack.render import kubernetes_edge as edge_pods
 from prefectstack.render import kubernetes_ingress as ingress
+from prefectstack.render import kubernetes_monitoring as monitoring
 from prefectstack.render import kubernetes_pods as pods
 from prefectstack.render.common import (
     IMAGE_PINS,
@@ -42,7 +43,7 @@ WAIT_SCRIPT = resources.files("prefectstack.jobs").joinpath("wait.py").read_text
 
 
 def secret_names(stack: Stack) -> set[str]:
-    return topology.generated_secret_names(stack)
+    return topology.generated_secret_names(stack) | monitoring.secret_names(stack)
 
 
 def render(stack: Stack, secrets: Mapping[str, str], *, image: str | None = None,
@@ -57,7 +58,7 @@ def render(stack: Stack, secrets: Mapping[str, str], *, image: str | None = None
     values = {**secrets, **the_plan.external}
     needed = {n for c in the_plan.containers
               for text in [*c.env.values(), *c.command, *containers.image_env(c).values()]
-              for n in secret_refs(text)}
+              for n in secret_refs(text)} | monitoring.secret_names(stack)
     missing = missing_secrets(needed, values)
     if missing:
         raise ValueError(f"secret values missing for: {', '.join(missing)}")
@@ -67,11 +68,13 @@ def render(stack: Stack, secrets: Mapping[str, str], *, image: str | None = None
     ctx = Context(stack.name, app_image, the_plan, f"{stack.name}-secrets", app_files)
     front = ingress.Front(stack, ctx)
     docs = _workloads(ctx, front)
+    docs[monitoring.FILE] = monitoring.objects(ctx, stack)
     docs["namespace.yaml"] = [_namespace(ctx)]
     docs["secret.yaml"] = [_secret(ctx, {n: values[n] for n in sorted(needed)})]
     docs["configmaps.yaml"] = _configmaps(ctx, front)
     docs["rbac.yaml"] = _rbac(ctx)
-    docs["networkpolicy.yaml"] = kubernetes_policy.network_policies(ctx)
+    docs["networkpolicy.yaml"] = kubernetes_policy.network_policies(
+        ctx, monitoring=stack.monitoring.enabled)
     docs.update(front.files())
     order = ["namespace.yaml", "secret.yaml", "configmaps.yaml", "rbac.yaml",
              *[name for name in docs if name not in _FIXED], "ingress.yaml"]
@@ -256,7 +259,7 @@ replace it with your secret manager's Secret of the same name and keys.
 ## Public URL and TLS
 
 The UI calls the API at {ingress.public_url(stack)}/api. {_tls_readme(ctx, front)}
-"""
+{monitoring.readme(ctx, stack)}"""
 
 
 def _image_readme(ctx: Context) -> str:

@@ -1,4 +1,5 @@
-"""Monitoring (Prometheus + Grafana) as a stack-file section: opt-in, rendered for Compose."""
+"""Monitoring (Prometheus + Grafana) as a stack-file section: opt-in, rendered for Compose
+and Kubernetes."""
 
 from __future__ import annotations
 
@@ -9,13 +10,13 @@ from prefectstack.stack.base import Port, StrictModel
 
 class MonitoringConfig(StrictModel):
     """Prometheus scraping every API process, with alert rules, and Grafana with a
-    provisioned dashboard (rendered by `prefectstack render compose`)."""
+    provisioned dashboard (rendered by `prefectstack render compose` and `render kubernetes`)."""
 
     enabled: bool = Field(
         False,
         description=(
             "Turn on the API processes' Prometheus endpoint (`/api/metrics`) and add "
-            "Prometheus and Grafana to the Compose project."
+            "Prometheus and Grafana to the Compose project and the Kubernetes manifests."
         ),
     )
     # Above Prometheus's 5-minute lookback a series goes missing between two scrapes, and
