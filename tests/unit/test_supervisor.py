@@ -744,3 +744,101 @@ def test_stopping_is_checked_on_a_short_period_and_a_stopped_stack_needs_no_time
     rig.launcher.proc("worker").exit(0)
     rig.tick(4)
     assert rig.sup.done and rig.sup.next_deadline() is None
+
+
+# -- restart on request (`upgrade`) -------------------------------------------------------------
+
+
+def test_requested_restart_stops_gracefully_and_starts_again_without_a_failure() -> None:
+    rig = Rig(small_stack())
+    bring_up(rig)
+    old = rig.launcher.proc("api")
+    assert rig.sup.request_restart("api") is None
+    assert old.signals == [SIGTERM], "its own stop signal, not SIGKILL"
+    assert rig.state("api") == "stopping"
+    assert rig.launcher.proc("worker").signals == [], "its dependents keep running"
+    rig.prober.ready.discard("api")  # the new process is not ready at once
+    rig.tick()
+    new = rig.launcher.proc("api")
+    assert new is not old and rig.state("api") == "starting"
+    unit = rig.sup.units["api"]
+    assert unit.restarts == 1 and unit.failures == [], "a requested restart is no failure"
+    rig.prober.ready.add("api")
+    rig.tick()
+    assert rig.state("api") == "ready" and rig.sup.phase == "ready"
+
+
+def test_requested_restart_waits_for_a_slow_exit_then_kills_after_the_grace() -> None:
+    rig = Rig(small_stack(), grace=10.0)
+    rig.launcher.exits_on["api"] = {SIGKILL}  # finishes its requests in flight first
+    bring_up(rig)
+    old = rig.launcher.proc("api")
+    rig.sup.request_restart("api")
+    rig.prober.ready.discard("api")
+    rig.clock.advance(5)
+    rig.tick()
+    assert rig.launcher.proc("api") is old and rig.state("api") == "stopping"
+    assert rig.sup.next_deadline() == rig.clock.now + STOP_POLL_SECONDS
+    rig.clock.advance(6)
+    rig.tick()
+    assert old.signals == [SIGTERM, SIGKILL]
+    rig.tick()
+    assert rig.launcher.proc("api") is not old and rig.state("api") == "starting"
+    assert rig.sup.units["api"].failures == []
+
+
+def test_requested_run_of_a_completed_oneshot_runs_it_again() -> None:
+    rig = Rig(small_stack())
+    bring_up(rig)
+    assert rig.sup.request_restart("init") is None
+    rig.tick()
+    assert rig.launcher.started.count("init") == 2 and rig.state("init") == "starting"
+    assert rig.state("api") == "ready", "what depends on it keeps running"
+    rig.launcher.proc("init").exit(0)
+    rig.tick()
+    assert rig.state("init") == "completed" and rig.sup.units["init"].restarts == 1
+
+
+def test_a_failed_requested_run_is_reported_and_does_not_stop_the_stack() -> None:
+    """An essential one-shot (migrate) that fails when run again: the stack keeps running on
+    what it had, the unit is `failed`, nothing is retried or stopped."""
+    rig = Rig(small_stack())
+    bring_up(rig)
+    rig.sup.request_restart("init")
+    rig.tick()
+    rig.launcher.proc("init").exit(1)
+    rig.tick(3)
+    assert rig.state("init") == "failed" and rig.sup.phase == "ready"
+    assert rig.launcher.started.count("init") == 2, "not retried"
+    assert all(rig.launcher.proc(n).signals == [] for n in ("db", "api", "worker"))
+    assert rig.sup.request_restart("init") is None, "it may be run again"
+
+
+def test_restart_is_refused_for_an_unknown_unit_a_starting_stack_or_a_busy_unit() -> None:
+    rig = Rig(small_stack())
+    rig.tick()
+    assert "not ready" in (rig.sup.request_restart("db") or "")
+    bring_up(rig)
+    assert "no unit" in (rig.sup.request_restart("nope") or "")
+    assert "only a finished one-shot" not in (rig.sup.request_restart("init") or "")
+    assert "only a finished one-shot" in (rig.sup.request_restart("init") or "")
+    rig.sup.request_restart("api")
+    assert "stopping" in (rig.sup.request_restart("api") or "")
+    assert rig.launcher.proc("api").signals == [SIGTERM], "asked once, signalled once"
+
+
+def test_stop_during_a_requested_restart_does_not_start_it_again() -> None:
+    rig = Rig(small_stack())
+    rig.launcher.exits_on["api"] = {SIGKILL}
+    bring_up(rig)
+    rig.sup.request_restart("api")
+    rig.sup.begin_stop()
+    rig.clock.advance(25)
+    for _ in range(10):
+        rig.tick()
+        for procs in rig.launcher.procs.values():
+            for proc in procs:
+                if proc.signals and proc.code is None and proc.name != "api":
+                    proc.exit(0)
+    assert rig.launcher.started.count("api") == 1
+    assert rig.sup.phase == "stopped"

@@ -30,12 +30,13 @@ def _register() -> None:
         schema,
         status,
         up,
+        upgrade,
         users,
         worker,
     )
 
     for module in (up, down, status, logs, schema, render, deploy, worker, users, keys, audit,
-                   backup, doctor):
+                   backup, doctor, upgrade):
         for command in module.COMMANDS:
             cli.add_command(command)
 

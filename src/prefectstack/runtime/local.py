@@ -22,6 +22,7 @@ from prefectstack import console, tools, topology
 from prefectstack.errors import StackError
 from prefectstack.layout import Layout
 from prefectstack.runtime import (
+    control,
     pgdata,
     ports,
     programs,
@@ -272,7 +273,12 @@ def _loop(
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    # A control request waits in the state dir (runtime/control.py); the signal only wakes
+    # the loop, which looks for requests on every pass.
+    signal.signal(signal.SIGUSR1, _on_wake)
     me = psutil.Process()
+    with contextlib.suppress(OSError):  # then `upgrade` says requests are not served
+        control.open_for_requests(loaded.state_dir, me.pid)
     snapshot = StateWriter(loaded, sup, me.pid, me.create_time())
     snapshot.on_change = on_state
     sup.on_spawn = lambda _unit: snapshot.write()
@@ -353,6 +359,10 @@ def _on_sigchld(_signum: int, _frame: FrameType | None) -> None:
     """Nothing to do here: the wakeup byte already woke the loop, which reaps."""
 
 
+def _on_wake(_signum: int, _frame: FrameType | None) -> None:
+    """SIGUSR1 (a control request): the wakeup byte woke the loop, which reads it."""
+
+
 def _supervise(
     loaded: LoadedStack, sup: Supervisor, layout: Layout, foreground: bool,
     on_ready: Callable[[], None], snapshot: StateWriter, stop_reason: list[str],
@@ -363,6 +373,8 @@ def _supervise(
     while not sup.done:
         if stop_reason and sup.phase in ("starting", "ready"):
             sup.begin_stop(f"received {stop_reason[0]}; stopping")
+        elif sup.phase == "ready":
+            sup.events.extend(control.serve(loaded.state_dir, sup.request_restart))
         sup.tick()
         for event in sup.events:
             console.event(event)

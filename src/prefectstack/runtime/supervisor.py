@@ -1,6 +1,8 @@
 """The supervisor's state machine: start in dependency order, wait for readiness, restart
 with backoff, restart a daemon whose probe keeps failing (liveness), give up on a crash
-loop, stop in reverse order.
+loop, stop in reverse order; restart one unit on request (`upgrade`): a daemon gets its stop
+signal and, once it has exited, starts again without counting a failure; a completed one-shot
+runs again.
 
 A unit that is given up on is `failed` and stays so. Only an `essential` one (what the
 rest of the stack needs) fails the stack; the units that depend on a failed one are
@@ -69,6 +71,11 @@ class Unit:
     stop_sent_at: float | None = None
     unhealthy_since: float | None = None  # when the probe of a ready daemon began failing
     kill_reason: str | None = None  # killed on purpose (liveness, timeout): why, once reaped
+    # Asked to restart (`request_restart`): its exit is not a failure, and a one-shot run
+    # again that fails is reported `failed` without failing the stack (the old processes
+    # keep serving; `upgrade` says what went wrong).
+    restart_requested: bool = False
+    rerun: bool = False
 
     @property
     def satisfied(self) -> bool:
@@ -167,6 +174,36 @@ class Supervisor:
             and all(u.proc is None for u in self.units.values())
         )
 
+    def request_restart(self, name: str) -> str | None:
+        """Restart one unit of a running stack: a ready daemon is sent its stop signal (a
+        graceful stop: an API process finishes the requests in flight) and started again
+        once it has exited (SIGKILL after the grace period); a one-shot that completed or
+        failed runs again. Returns why it cannot, or None when the restart has begun."""
+        unit = self.units.get(name)
+        if unit is None:
+            return f"no unit named {name!r}"
+        if self.phase != "ready":
+            return f"the stack is {self.phase}, not ready"
+        now = self.clock()
+        if unit.svc.kind == "oneshot":
+            if unit.state not in ("completed", "failed"):
+                return f"{name} is {unit.state}; only a finished one-shot runs again"
+            unit.state = "pending"
+            unit.rerun = True
+            unit.restarts += 1
+            unit.failures = []
+            self._event(f"{name} runs again on request")
+            return None
+        if unit.state != "ready" or unit.proc is None:
+            return f"{name} is {unit.state}, not ready; it is not restarted"
+        unit.restart_requested = True
+        unit.state = "stopping"
+        unit.healthy = False
+        unit.stop_sent_at = now
+        unit.proc.send(getattr(signal, unit.svc.stop_signal))
+        self._event(f"{name} restarting on request (sent {unit.svc.stop_signal})")
+        return None
+
     # -- start side ----------------------------------------------------------------------
 
     def _reap(self, unit: Unit, now: float) -> None:
@@ -177,16 +214,32 @@ class Supervisor:
             return
         unit.proc = None
         unit.last_exit = code
-        if unit.kill_reason is not None:  # we killed it: the reason is the failure
-            why, unit.kill_reason = unit.kill_reason, None
-            self._failed(unit, now, why)
+        if unit.restart_requested:
+            unit.restart_requested = False
+            unit.kill_reason = None
+            unit.restarts += 1
+            self._event(f"{unit.svc.name} stopped (code {code}); starting it again")
+            self._start(unit, now)
             return
-        if unit.svc.kind == "oneshot" and code == 0:
+        if unit.svc.kind == "oneshot" and code == 0 and unit.kill_reason is None:
             unit.state = "completed"
+            unit.rerun = False
             self._event(f"{unit.svc.name} completed")
             return
-        self._event(f"{unit.svc.name} exited with code {code}")
-        self._failed(unit, now, f"exited with code {code}")
+        if unit.kill_reason is not None:  # we killed it: the reason is the failure
+            why, unit.kill_reason = unit.kill_reason, None
+        else:
+            why = f"exited with code {code}"
+            self._event(f"{unit.svc.name} {why}")
+        if unit.rerun:
+            # Run again on request, while the stack runs on: not retried, and no reason to
+            # stop the stack, whatever the unit is (the caller reports it).
+            unit.rerun = False
+            unit.state = "failed"
+            unit.healthy = False
+            self._event(f"{unit.svc.name} failed on its requested run: {why}")
+            return
+        self._failed(unit, now, why)
 
     def _failed(self, unit: Unit, now: float, why: str) -> None:
         policy = unit.svc.restart
@@ -238,7 +291,9 @@ class Supervisor:
             self._check_liveness(unit, now)
         elif (unit.state == "stopping" and unit.proc is not None and unit.stop_sent_at is not None
               and now - unit.stop_sent_at > self.stop_grace_seconds):
-            self._event(f"{svc.name} still runs after SIGKILL; sending it again")
+            sent = "SIGKILL" if unit.kill_reason is not None else svc.stop_signal
+            self._event(f"{svc.name} still runs {self.stop_grace_seconds:.0f}s after {sent}; "
+                        "sending SIGKILL")
             unit.stop_sent_at = now
             unit.proc.send(signal.SIGKILL)
 
