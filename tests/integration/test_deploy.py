@@ -15,8 +15,10 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from uuid import UUID, uuid4
 
 import httpx
 import pytest
@@ -30,6 +32,7 @@ from .conftest import (
     direct_api,
     flows_writable,
     free_port,
+    log_problems,
     stack_yaml,
     wait_for,
 )
@@ -79,6 +82,9 @@ def initial_config(ports: dict[str, int]) -> dict[str, Any]:
     config["concurrency_limits"] = [{"name": "database", "limit": 2}]
     config["variables"] = [{"name": "region", "value": "eu-west-1"}]
     config["secrets"] = [{"name": "api-token", "file": "token.txt"}]
+    # The default retention (flow runs 30 days, events 7), looked at every 5 s instead of
+    # hourly so that test_the_vacuum_deletes_history_past_its_retention needn't wait.
+    config["retention"] = {"vacuum_interval_seconds": 5}
     return config
 
 
@@ -398,3 +404,136 @@ def _healthy(port: int) -> bool:
         return httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+# -- retention: Prefect's vacuum, configured from the stack file's `retention:` --------------
+
+AGO = timedelta(days=60)  # past both retentions of this stack (flow runs 30 days, events 7)
+
+
+def sql(root: Path, query: str, *args: Any) -> list[Any]:
+    """The rows of one query on the stack's own PostgreSQL, as its superuser."""
+    import asyncio
+
+    import asyncpg
+
+    secrets = json.loads((root / "state" / "secrets.json").read_text())
+
+    async def run() -> list[Any]:
+        conn = await asyncpg.connect(
+            host="127.0.0.1", port=json.loads((root / "ports.json").read_text())["pg"],
+            user="postgres", password=secrets["postgres_superuser_password"],
+            database="prefect")
+        try:
+            return list(await conn.fetch(query, *args))
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+def seed_run(root: Path, flow_id: str, name: str, state: str = "COMPLETED",
+             parent_task_run_id: str | None = None) -> dict[str, list[str]]:
+    """A flow run made through the API with two task runs, a log line of each and of the run,
+    and an artifact."""
+    run = post(root, "/flow_runs/", {"flow_id": flow_id, "name": name, "state": {"type": state},
+                                     "parent_task_run_id": parent_task_run_id})
+    tasks = [post(root, "/task_runs/", {
+        "flow_run_id": run["id"], "task_key": "retention-probe", "dynamic_key": str(n),
+        "name": f"{name}-task-{n}", "state": {"type": "COMPLETED"}})["id"] for n in range(2)]
+    logs = [{"name": "itest", "level": 20, "message": f"{name} says {who}",
+             "timestamp": datetime.now(UTC).isoformat(), "flow_run_id": run["id"],
+             "task_run_id": task}
+            for who, task in (("the flow", None), ("task 0", tasks[0]), ("task 1", tasks[1]))]
+    httpx.post(api(root) + "/logs/", json=logs, timeout=10).raise_for_status()
+    post(root, "/artifacts/", {"key": f"probe-{name}", "type": "markdown", "data": f"# {name}",
+                               "flow_run_id": run["id"], "task_run_id": tasks[0]})
+    return {"flow_run": [run["id"]], "task_run": tasks}
+
+
+def backdate(root: Path, runs: list[dict[str, list[str]]], moment: datetime) -> None:
+    """Move runs (and their task runs and logs) to `moment` in the database: the API sets no
+    past times. A run ended a minute after it; one that is still running has no end."""
+    flow_runs = [UUID(i) for r in runs for i in r["flow_run"]]
+    for table, ids in (("flow_run", flow_runs),
+                       ("task_run", [UUID(i) for r in runs for i in r["task_run"]])):
+        sql(root, f"UPDATE {table} SET expected_start_time = $2, start_time = $2, end_time = "
+                  "CASE WHEN state_type = 'RUNNING' THEN NULL ELSE $3::timestamptz END "
+                  "WHERE id = ANY($1::uuid[])", ids, moment, moment + timedelta(minutes=1))
+    sql(root, "UPDATE log SET timestamp = $2 WHERE flow_run_id = ANY($1::uuid[])",
+        flow_runs, moment)
+
+
+def history(root: Path, runs: list[dict[str, list[str]]]) -> dict[str, int]:
+    """How many rows of these runs are left in each table the vacuum deletes from."""
+    flow_runs = [UUID(i) for r in runs for i in r["flow_run"]]
+    counts = {}
+    for table, column in (("flow_run", "id"), ("flow_run_state", "flow_run_id"),
+                          ("task_run", "flow_run_id"), ("log", "flow_run_id"),
+                          ("artifact", "flow_run_id")):
+        counts[table] = sql(root, f'SELECT count(*) FROM "{table}" '
+                                  f"WHERE {column} = ANY($1::uuid[])", flow_runs)[0][0]
+    counts["task_run_state"] = sql(
+        root, "SELECT count(*) FROM task_run_state WHERE task_run_id = ANY($1::uuid[])",
+        [UUID(i) for r in runs for i in r["task_run"]])[0][0]
+    return counts
+
+
+def events(root: Path, batch: list[dict[str, Any]]) -> dict[str, int]:
+    """How many rows of these events are left in the events tables."""
+    ids = [UUID(e["id"]) for e in batch]
+    return {table: sql(root, f'SELECT count(*) FROM "{table}" WHERE {column} = ANY($1::uuid[])',
+                       ids)[0][0]
+            for table, column in (("events", "id"), ("event_resources", "event_id"))}
+
+
+def probe_events(kind: str, moment: datetime, count: int) -> list[dict[str, Any]]:
+    return [{"id": str(uuid4()), "occurred": moment.isoformat(), "event": kind,
+             "resource": {"prefect.resource.id": f"{kind}.{n}"},
+             "related": [{"prefect.resource.id": "itest.retention",
+                          "prefect.resource.role": "probe"}],
+             "payload": {"n": n}} for n in range(count)]
+
+
+def test_the_vacuum_deletes_history_past_its_retention(stack: Path) -> None:
+    now = datetime.now(UTC)
+    flow = post(stack, "/flows/", {"name": "retention-probe"})["id"]
+    old = [seed_run(stack, flow, f"old-{n}") for n in range(3)]
+    # A subflow run of an old run goes with it (its parent task run's deletion unlinks it,
+    # and it is then an old top-level run itself).
+    old.append(seed_run(stack, flow, "old-subflow", parent_task_run_id=old[0]["task_run"][0]))
+    recent = [seed_run(stack, flow, f"recent-{n}") for n in range(2)]
+    # A run that never finished is kept, however old.
+    unfinished = [seed_run(stack, flow, "old-unfinished", state="RUNNING")]
+    backdate(stack, old + unfinished, now - AGO)
+    backdate(stack, recent, now - timedelta(days=1))
+    # One request, old events first: the event persister writes what it has queued in one
+    # transaction, in order, so once the recent ones are in the database the old ones were
+    # written too (the vacuum may have deleted them already: it runs every 5 s here).
+    old_events = probe_events("itest.retention.old", now - AGO, 4)
+    recent_events = probe_events("itest.retention.recent", now - timedelta(days=1), 4)
+    httpx.post(api(stack) + "/events", json=old_events + recent_events,
+               timeout=10).raise_for_status()
+    wait_for(lambda: events(stack, recent_events)["events"] == 4, 120,
+             "the recent events to be persisted")
+
+    gone = dict.fromkeys(("flow_run", "flow_run_state", "task_run", "log", "artifact",
+                          "task_run_state"), 0)
+    wait_for(lambda: history(stack, old) == gone, 180,
+             "the vacuum to delete the old flow runs with their task runs, logs and artifacts")
+    wait_for(lambda: events(stack, old_events) == {"events": 0, "event_resources": 0}, 180,
+             "the vacuum to delete the old events and their resources")
+
+    for kept in (recent, unfinished):
+        assert history(stack, kept) == {
+            "flow_run": len(kept), "flow_run_state": len(kept), "task_run": 2 * len(kept),
+            "log": 3 * len(kept), "artifact": len(kept), "task_run_state": 2 * len(kept)}
+    assert events(stack, recent_events) == {"events": 4, "event_resources": 8}
+    names = {r["name"] for r in post(stack, "/flow_runs/filter", {
+        "flow_runs": {"id": {"any_": [i for r in old + recent + unfinished
+                                      for i in r["flow_run"]]}}})}
+    assert names == {"recent-0", "recent-1", "old-unfinished"}
+
+
+def test_the_stacks_logs_show_no_unexpected_errors(stack: Path) -> None:
+    assert log_problems(stack / "state" / "logs") == []
