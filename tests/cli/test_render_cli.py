@@ -60,7 +60,7 @@ def test_render_compose_writes_the_project(stack_file: Path, tmp_path: Path) -> 
         assert value not in output, "secret values are never printed"
         assert value not in (out / "docker-compose.yml").read_text()
     doc = yaml.safe_load((out / "docker-compose.yml").read_text())
-    assert doc["services"]["api-replicas"]["deploy"]["replicas"] == 1
+    assert "api-2" in doc["services"] and "api-replicas" not in doc["services"]
     # The edge's keys and the bootstrap admin password: generated, stored, only in .env.
     for name in ("worker_api_key", "deployer_api_key", "admin_password"):
         assert f"{name.upper()}={secrets[name]}" in env.splitlines()

@@ -42,7 +42,7 @@ def test_nothing_is_added_when_monitoring_is_off() -> None:
     assert not any(rel.startswith("monitoring/") for rel in bundle.files)
     assert "grafana_admin_password" not in compose.secret_names(stack)
     assert "GRAFANA" not in bundle.files[".env"] and "Monitoring" not in bundle.files["README.md"]
-    for name in ("api", "api-replicas"):
+    for name in ("api", "api-2"):
         assert "PREFECT_SERVER_METRICS_ENABLED" not in doc["services"][name]["environment"]
 
 
@@ -61,8 +61,8 @@ def test_prometheus_scrapes_every_api_replica(replicas: int) -> None:
     (a scaled service has one name for all its containers)."""
     _, bundle, doc = monitored(replicas)
     services = doc["services"]
-    apis = [name for name in ("api", "api-replicas") if name in services]
-    assert sum(services[name]["deploy"]["replicas"] for name in apis) == replicas
+    apis = [name for name in ("api", "api-2", "api-3") if name in services]
+    assert len(apis) == replicas
     for name in apis:
         assert services[name]["environment"]["PREFECT_SERVER_METRICS_ENABLED"] == "true"
     config = yaml.safe_load(bundle.files[PROMETHEUS_YML])

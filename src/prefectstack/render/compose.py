@@ -64,7 +64,10 @@ def secret_names(stack: Stack) -> set[str]:
 
 
 def render(stack: Stack, secrets: Mapping[str, str]) -> Bundle:
-    the_plan = containers.build(stack)
+    # Each API process is a service of its own (`api`, `api-2`, ...), not `deploy.replicas`:
+    # the edge lists every one as an upstream, so its health checks and load balancing see
+    # each process (one scaled name resolves to any of them: ~50/25/25 over three).
+    the_plan = containers.build(stack, fold_replicas=False)
     values = {**secrets, **the_plan.external}
     doc = project(stack, the_plan)
     text = dump_yaml(doc)
@@ -156,8 +159,7 @@ def service(stack: Stack, c: Container, by_name: dict[str, Container]) -> dict[s
         # A worker restarted with the API or the edge would kill its in-flight flow runs;
         # it reconnects on its own instead.
         out["depends_on"] = _depends(c.depends_on, by_name, restart=c.role != "worker")
-    out["deploy"] = {**({"replicas": c.replicas} if c.scalable else {}),
-                     "resources": {"limits": {"memory": memory_limit(c.role)}}}
+    out["deploy"] = {"resources": {"limits": {"memory": memory_limit(c.role)}}}
     check = containers.health_command(c)
     if c.kind == "daemon" and check:
         out["healthcheck"] = healthcheck(check, start="60s" if c.scalable else "30s")

@@ -102,6 +102,7 @@ class Edge:
             internal=f"http://:{self.internal_port}",
             public=public,
             trusted_proxies=trusted_proxies,
+            rendered_by="render",
         )
 
 
@@ -116,14 +117,17 @@ class Plan:
         return next((c for c in self.containers if c.name == name), None)
 
 
-def container_names(services: list[Service]) -> dict[str, str]:
-    """Topology name -> container name: API processes 2..N fold into `api-replicas`."""
+def container_names(services: list[Service], *, fold: bool = True) -> dict[str, str]:
+    """Topology name -> container name: the first API process is `api`; processes 2..N
+    fold into `api-replicas` (one Deployment), or with `fold=False` keep their topology
+    names (`api-2`, ...: compose lists each replica, so that the edge's health checks and
+    load balancing see every one, not one name that resolves to any of them)."""
     names: dict[str, str] = {}
     apis = 0
     for svc in services:
         if svc.role == "api":
             apis += 1
-            names[svc.name] = "api" if apis == 1 else "api-replicas"
+            names[svc.name] = "api" if apis == 1 else "api-replicas" if fold else svc.name
         else:
             names[svc.name] = svc.name
     return names
@@ -163,9 +167,9 @@ class _Network:
         return placeholders.substitute(text, self.resolve)
 
 
-def build(stack: Stack) -> Plan:
+def build(stack: Stack, *, fold_replicas: bool = True) -> Plan:
     services = [svc for svc in topology.build(stack) if not svc.local_only]
-    names = container_names(services)
+    names = container_names(services, fold=fold_replicas)
     ports = {svc.name: port for svc in services if (port := container_port(svc)) is not None}
     edge = _edge(stack, services, names, ports)
     network = _Network(names, ports, edge.internal_url if edge else None)

@@ -34,9 +34,9 @@ DNS_REFRESH = "30s"
 def config(stack: Stack, api_hosts: list[str], api_port: int) -> dict[str, Any]:
     """Scrape every API process and Prometheus itself.
 
-    `api_hosts` are names that resolve to API containers. A scaled service has one name for
-    all its containers, so the targets come from DNS (one per A record), not a static list
-    that would reach only whichever replica the name resolved to.
+    `api_hosts` are names that resolve to API containers (compose: one service per API
+    process). The targets come from DNS, one per A record, so a service scaled by hand
+    (`docker compose up --scale`) is scraped in every container too.
     """
     interval = f"{stack.monitoring.scrape_interval_seconds}s"
     return {
@@ -57,7 +57,7 @@ def config(stack: Stack, api_hosts: list[str], api_port: int) -> dict[str, Any]:
                     "port": api_port,
                     "refresh_interval": DNS_REFRESH,
                 }],
-                # Which compose service a target belongs to (`api` or `api-replicas`).
+                # Which compose service a target belongs to (`api`, `api-2`, ...).
                 "relabel_configs": [{"source_labels": ["__meta_dns_name"],
                                      "target_label": "service"}],
             },
