@@ -111,7 +111,12 @@ def test_supervisor_ignores_a_request_that_is_a_symlink(tmp_path: Path) -> None:
     target = request(tmp_path, "elsewhere", {"action": "restart", "unit": "api-1"})
     (where / f"x{control.REQUEST_SUFFIX}").symlink_to(target)
     asked: list[str] = []
-    control.serve(tmp_path, lambda unit: asked.append(unit) or None)
+
+    def restart(unit: str) -> str | None:
+        asked.append(unit)
+        return None
+
+    control.serve(tmp_path, restart)
     assert asked == [] and target.exists()
 
 

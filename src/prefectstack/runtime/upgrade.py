@@ -159,12 +159,17 @@ async def database_revision(loaded: LoadedStack) -> str:
 
     pg = loaded.stack.postgres
     password = secret_store.load(loaded.state_dir)[stack_secrets.POSTGRES_SUPERUSER_PASSWORD]
-    conn = await asyncpg.connect(host="127.0.0.1", port=pg.port, user="postgres",
-                                 password=password, database=pg.database, timeout=10)
     try:
-        revision = await conn.fetchval("SELECT version_num FROM alembic_version")
-    finally:
-        await conn.close()
+        conn = await asyncpg.connect(host="127.0.0.1", port=pg.port, user="postgres",
+                                     password=password, database=pg.database, timeout=10)
+        try:
+            revision = await conn.fetchval("SELECT version_num FROM alembic_version")
+        finally:
+            await conn.close()
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        raise StackError(f"cannot read the database's migration revision on port {pg.port}: "
+                         f"{type(exc).__name__}: {exc}; nothing was changed",
+                         hint="`prefectstack status`; `prefectstack logs postgres`") from None
     if revision is None:
         raise StackError("the database has no migration revision; is it Prefect's?")
     return str(revision)
