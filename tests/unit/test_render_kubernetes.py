@@ -311,14 +311,16 @@ def policies(bundle: Bundle) -> dict[str, list[str]]:
     return out
 
 
-SERVER = ["api", "db-init", "migrate", "services"]  # who talks to PostgreSQL
+# Who talks to PostgreSQL: the server's processes and the backup CronJob's pg_dump.
+SERVER = ["api", "backup", "db-init", "migrate", "services"]
 
 
 def test_each_network_policy_admits_exactly_the_flows_the_topology_needs() -> None:
     """Written out by hand from the topology (not from the renderer): PostgreSQL and Redis
-    serve the server's processes, the API serves the edge and the auth service's websocket
-    relay (and, with replicas, the other API pods' readiness wait), auth serves the edge.
-    Workers, pools and examples reach none of them."""
+    serve the server's processes (PostgreSQL the backup CronJob too), the API serves the
+    edge and the auth service's websocket relay (and, with replicas, the other API pods'
+    readiness wait; with monitoring, Prometheus), auth serves the edge, Prometheus serves
+    Grafana and Grafana nobody. Workers, pools and examples reach none of them."""
     assert policies(render("default")[1]) == {
         "postgres": SERVER, "redis": ["api", "migrate", "services"],
         "api": ["auth", "edge"], "auth": ["edge"]}
@@ -327,6 +329,10 @@ def test_each_network_policy_admits_exactly_the_flows_the_topology_needs() -> No
     assert policies(render("no-edge")[1]) == {
         "postgres": SERVER, "redis": ["api", "migrate", "services"]}
     assert "postgres" not in policies(render("external-postgres")[1])
+    assert policies(render("monitoring")[1]) == {
+        "postgres": SERVER, "redis": ["api", "migrate", "services"],
+        "api": ["api", "auth", "edge", "prometheus"], "auth": ["edge"],
+        "prometheus": ["grafana"], "grafana": []}
 
 
 # --- issue 13: each test below failed on the manifests rendered before the fix ---
@@ -566,3 +572,39 @@ def test_monitoring_scrapes_every_api_pod_and_only_grafana_queries_prometheus() 
     assert "port-forward svc/grafana 3000" in bundle.files["README.md"]
     _, plain = render("default")
     assert not [o for o in objects(plain) if o["metadata"]["name"] == "prometheus"]
+
+
+def test_backup_cron_job_follows_the_stacks_backup_policy() -> None:
+    stack = Stack.model_validate({"version": CURRENT_VERSION, "backup": {
+        "schedule": "30 1 * * 0", "keep": {"daily": 3, "weekly": 2, "monthly": 12}}})
+    bundle = kubernetes.render(stack, fake_secrets(stack))
+    cron = find(bundle, "CronJob", "backup")["spec"]
+    assert (cron["schedule"], cron["timeZone"]) == ("30 1 * * 0", "Etc/UTC")
+    assert cron["concurrencyPolicy"] == "Forbid"
+    spec = cron["jobTemplate"]["spec"]["template"]["spec"]
+    dump, prune = spec["initContainers"][0], spec["containers"][0]
+    assert dump["image"] == "postgres:18-alpine"  # the newest pg_dump dumps older servers
+    env = {e["name"]: e for e in dump["env"]}
+    assert env["PREFECTSTACK_DB_URL"]["value"] == (
+        "postgresql://prefect:$(SECRET_POSTGRES_PASSWORD)@postgres:5432/prefect")
+    assert env["SECRET_POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == (
+        "postgres_password")
+    assert "$(" not in dump["command"][2]  # Kubernetes would read it as a variable
+    assert prune["command"][3:] == ["/backups", "--daily", "3", "--weekly", "2",
+                                    "--monthly", "12"]
+    claim = next(v for v in spec["volumes"] if v["name"] == "backups")
+    assert claim["persistentVolumeClaim"]["claimName"] == find(
+        bundle, "PersistentVolumeClaim", "backups")["metadata"]["name"]
+    assert "backup" in policies(bundle)["postgres"]
+    readme = bundle.files["README.md"]
+    assert "30 1 * * 0" in readme and "auth service's store" in readme
+    # external PostgreSQL: the same dump, against the stack file's server
+    _, external = render("external-postgres")
+    dump = pod(find(external, "CronJob", "backup")["spec"]["jobTemplate"])["initContainers"][0]
+    ref = dump["env"][0]["valueFrom"]["secretKeyRef"]
+    secret = find(external, "Secret", "prefectstack-secrets")["data"]
+    assert "db.internal" in base64.b64decode(secret[ref["key"]]).decode()
+    off = Stack.model_validate({"version": CURRENT_VERSION, "backup": {"enabled": False}})
+    bundle = kubernetes.render(off, fake_secrets(off))
+    assert not [o for o in objects(bundle) if o["kind"] == "CronJob"]
+    assert "backup" not in policies(bundle)["postgres"]

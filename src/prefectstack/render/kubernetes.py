@@ -14,6 +14,7 @@ from typing import Any
 
 from prefectstack import topology
 from prefectstack.render import containers, kubernetes_policy
+from prefectstack.render import kubernetes_backup as backup
 from prefectstack.render import kubernetes_edge as edge_pods
 from prefectstack.render import kubernetes_ingress as ingress
 from prefectstack.render import kubernetes_monitoring as monitoring
@@ -69,12 +70,13 @@ def render(stack: Stack, secrets: Mapping[str, str], *, image: str | None = None
     front = ingress.Front(stack, ctx)
     docs = _workloads(ctx, front)
     docs[monitoring.FILE] = monitoring.objects(ctx, stack)
+    docs[backup.FILE] = backup.objects(ctx, stack)
     docs["namespace.yaml"] = [_namespace(ctx)]
     docs["secret.yaml"] = [_secret(ctx, {n: values[n] for n in sorted(needed)})]
     docs["configmaps.yaml"] = _configmaps(ctx, front)
     docs["rbac.yaml"] = _rbac(ctx)
     docs["networkpolicy.yaml"] = kubernetes_policy.network_policies(
-        ctx, monitoring=stack.monitoring.enabled)
+        ctx, monitoring=stack.monitoring.enabled, backup=backup.enabled(stack))
     docs.update(front.files())
     order = ["namespace.yaml", "secret.yaml", "configmaps.yaml", "rbac.yaml",
              *[name for name in docs if name not in _FIXED], "ingress.yaml"]
@@ -259,7 +261,7 @@ replace it with your secret manager's Secret of the same name and keys.
 ## Public URL and TLS
 
 The UI calls the API at {ingress.public_url(stack)}/api. {_tls_readme(ctx, front)}
-{monitoring.readme(ctx, stack)}"""
+{monitoring.readme(ctx, stack)}{backup.readme(ctx, stack)}"""
 
 
 def _image_readme(ctx: Context) -> str:

@@ -37,17 +37,22 @@ def flows(the_plan: Plan) -> dict[str, set[str]]:
     return out
 
 
-def network_policies(ctx: Context, *, monitoring: bool = False) -> list[dict[str, Any]]:
+def network_policies(ctx: Context, *, monitoring: bool = False,
+                     backup: bool = False) -> list[dict[str, Any]]:
     """`monitoring`: Prometheus scrapes the API pods and only Grafana queries Prometheus;
-    nothing connects to Grafana (`kubectl port-forward` does not pass through the network)."""
-    guarded = ("postgres", "redis", "api", "auth") if ctx.plan.edge else ("postgres", "redis")
-    needed = flows(ctx.plan)
-    roles = {c.role for c in ctx.plan.containers}
+    nothing connects to Grafana (`kubectl port-forward` does not pass through the network).
+    `backup`: the backup CronJob's pods dump PostgreSQL."""
+    guarded: list[str] = ["postgres", "redis", "api", "auth"] if ctx.plan.edge else [
+        "postgres", "redis"]
+    needed: dict[str, set[str]] = {k: set(v) for k, v in flows(ctx.plan).items()}
+    roles: set[str] = {c.role for c in ctx.plan.containers}
     if monitoring:
         needed.setdefault("api", set()).add("prometheus")
         needed["prometheus"] = {"grafana"}
-        guarded += ("prometheus", "grafana")
+        guarded += ["prometheus", "grafana"]
         roles |= {"prometheus", "grafana"}
+    if backup:
+        needed.setdefault("postgres", set()).add("backup")
     return [_policy(ctx, role, sorted(needed.get(role, set())))
             for role in guarded if role in roles]
 
