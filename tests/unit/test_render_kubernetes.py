@@ -604,6 +604,10 @@ def test_backup_cron_job_follows_the_stacks_backup_policy() -> None:
     ref = dump["env"][0]["valueFrom"]["secretKeyRef"]
     secret = find(external, "Secret", "prefectstack-secrets")["data"]
     assert "db.internal" in base64.b64decode(secret[ref["key"]]).decode()
+    uploaded = Stack.model_validate({"version": CURRENT_VERSION,
+                                     "backup": {"s3": {"bucket": "backups-prod"}}})
+    readme = kubernetes.render(uploaded, fake_secrets(uploaded)).files["README.md"]
+    assert "`backup.s3` is not applied here" in readme  # said, never silently dropped
     off = Stack.model_validate({"version": CURRENT_VERSION, "backup": {"enabled": False}})
     bundle = kubernetes.render(off, fake_secrets(off))
     assert not [o for o in objects(bundle) if o["kind"] == "CronJob"]

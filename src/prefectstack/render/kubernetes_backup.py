@@ -147,7 +147,8 @@ None here: `backup.enabled` is false in the stack file.
 """
     keep = stack.backup.keep
     ignored = [key for key in ("encrypt", "s3") if getattr(stack.backup, key, None)]
-    extra = (f" The stack file's `backup.{'` and `backup.'.join(ignored)}` are not applied "
+    verb = "are" if len(ignored) > 1 else "is"
+    extra = (f" The stack file's `backup.{'` and `backup.'.join(ignored)}` {verb} not applied "
              "here: the dumps stay unencrypted, on the claim only." if ignored else "")
     return f"""
 ## Backups
