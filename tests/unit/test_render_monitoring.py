@@ -205,3 +205,40 @@ def test_monitoring_files_are_deterministic() -> None:
     first, second = monitored()[1], monitored()[1]
     for rel in MONITORING_FILES:
         assert first.files[rel] == second.files[rel]
+
+
+def test_postgres_and_redis_exporters_and_alertmanager() -> None:
+    """issue 13, item 16: monitoring covered the API processes only."""
+    _, bundle, doc = monitored()
+    services = doc["services"]
+    pg = services["postgres-exporter"]
+    assert pg["networks"] == ["backend"] and "ports" not in pg
+    assert pg["environment"]["DATA_SOURCE_NAME"] == (
+        "postgresql://prefect:${POSTGRES_PASSWORD:?missing from .env}@postgres:5432/prefect"
+        "?sslmode=disable")
+    redis = services["redis-exporter"]
+    assert redis["networks"] == ["backend"] and "ports" not in redis
+    assert redis["environment"] == {"REDIS_ADDR": "redis://redis:6379",
+                                    "REDIS_PASSWORD": "${REDIS_PASSWORD:?missing from .env}"}
+    alertmanager = services["alertmanager"]
+    assert alertmanager["ports"] == ["127.0.0.1:9093:9093"]
+    assert "frontend" not in alertmanager["networks"]
+    config = yaml.safe_load(bundle.files[PROMETHEUS_YML])
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert jobs["postgres"]["static_configs"] == [{"targets": ["postgres-exporter:9187"]}]
+    assert jobs["redis"]["static_configs"] == [{"targets": ["redis-exporter:9121"]}]
+    assert config["alerting"]["alertmanagers"] == [
+        {"static_configs": [{"targets": ["alertmanager:9093"]}]}]
+    rules = {r["alert"]: r for r in yaml.safe_load(bundle.files[ALERTS_YML])["groups"][0]["rules"]}
+    assert rules["PostgresDown"]["expr"] == "pg_up == 0"
+    assert rules["RedisDown"]["expr"] == "redis_up == 0"
+    # the receivers are the user's: written once, never overwritten
+    assert "monitoring/alertmanager/alertmanager.yml" in bundle.seeds
+    assert "monitoring/alertmanager/alertmanager.yml" not in bundle.files
+
+
+def test_an_external_redis_gets_no_exporter_and_grafana_may_not_take_9093() -> None:
+    doc = monitored(1, redis={"mode": "external", "url": "redis://:pw@cache:6379"})[2]
+    assert "redis-exporter" not in doc["services"]
+    with pytest.raises(ValueError, match="Alertmanager"):
+        render(monitoring={"enabled": True, "grafana_port": 9093})

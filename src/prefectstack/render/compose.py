@@ -83,7 +83,7 @@ def render(stack: Stack, secrets: Mapping[str, str]) -> Bundle:
     guide = readme(stack.name, topology.public_url(stack), the_plan)
     if stack.monitoring.enabled:
         files.update(compose_monitoring.files(stack, the_plan))
-        guide += compose_monitoring.readme(stack)
+        guide += compose_monitoring.readme(stack, the_plan)
     return Bundle(
         files={
             **files,
@@ -92,7 +92,7 @@ def render(stack: Stack, secrets: Mapping[str, str]) -> Bundle:
             **image.files,
         },
         private=frozenset({".env"}),
-        seeds=image.seeds,
+        seeds={**image.seeds, **compose_monitoring.seeds(stack)},
         copies=image.copies,
     )
 
@@ -117,9 +117,11 @@ def project(stack: Stack, the_plan: Plan) -> dict[str, Any]:
         # No edge: the API alone, on loopback, as the local backend runs it.
         inside = containers.CONTAINER_PORTS["api"]
         services["api"]["ports"] = [f"127.0.0.1:{stack.api.port}:{inside}"]
-    services["backup"] = backup_service(the_plan, _depends(("db-init",), by_name))
+    if stack.backup.enabled:
+        services["backup"] = backup_service(stack, the_plan, image_tag(stack.name),
+                                            _depends(("db-init",), by_name))
     if stack.monitoring.enabled:
-        services.update(compose_monitoring.services(stack))
+        services.update(compose_monitoring.services(stack, the_plan))
     services.update(_admin(the_plan))
     for svc in services.values():
         svc["logging"] = LOGGING
@@ -242,20 +244,22 @@ def _admin(the_plan: Plan) -> dict[str, Any]:
         "healthcheck": healthcheck(
             ["wget", "-q", "-O", "/dev/null", "http://127.0.0.1:80/misc/ping"]),
     }
-    redis_ui: dict[str, Any] = {"image": REDIS_UI_IMAGE, **common,
-                                "ports": ["127.0.0.1:5540:5540"]}
+    if not pgadmin["depends_on"]:
+        pgadmin.pop("depends_on")
     redis = by_name.get("redis")
-    if redis is not None:
-        auth = containers.image_env(redis).get("REDISCLI_AUTH", "")
-        redis_ui["environment"] = {
+    if redis is None:
+        # An external Redis: RedisInsight would start unconfigured, with nothing to show.
+        return {"pgadmin": pgadmin}
+    auth = containers.image_env(redis).get("REDISCLI_AUTH", "")
+    redis_ui: dict[str, Any] = {
+        "image": REDIS_UI_IMAGE, **common, "ports": ["127.0.0.1:5540:5540"],
+        "environment": {
             "RI_REDIS_HOST": "redis",
             "RI_REDIS_PORT": str(redis.port),
             **({"RI_REDIS_PASSWORD": interpolate(auth)} if secret_refs(auth) else {}),
-        }
-        redis_ui["depends_on"] = _depends(("redis",), by_name)
-    redis_ui["healthcheck"] = healthcheck(
-        ["wget", "-q", "-O", "/dev/null", "http://127.0.0.1:5540/api/health/"])
-    for svc in (pgadmin, redis_ui):
-        if not svc.get("depends_on"):
-            svc.pop("depends_on", None)
+        },
+        "depends_on": _depends(("redis",), by_name),
+        "healthcheck": healthcheck(
+            ["wget", "-q", "-O", "/dev/null", "http://127.0.0.1:5540/api/health/"]),
+    }
     return {"pgadmin": pgadmin, "redis-ui": redis_ui}

@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from datetime import UTC, datetime
+from itertools import pairwise
 from typing import Any
 
+from cronsim import CronSim
+
 from prefectstack.layout import EDGE_CA_IN_VOLUME
-from prefectstack.render.common import AUTH_DIR, POSTGRES_IMAGE, env_name
+from prefectstack.render.common import AUTH_DIR, env_name
 from prefectstack.render.containers import EDGE_DIR, Edge, Plan
+from prefectstack.stack.model import Stack
 from prefectstack.topology.placeholders import replace_secrets
 
 
@@ -26,51 +31,67 @@ def healthcheck(command: list[str], *, start: str = "30s") -> dict[str, Any]:
             "start_period": start}
 
 
-BACKUP_INTERVAL_SECONDS = 86400
-BACKUP_KEEP_DAYS = 7
-
-# pg_dump to a temporary name, then rename: a half-written dump never looks like a backup.
-BACKUP_SCRIPT = """\
-while true; do
-  stamp=$(date -u +%Y%m%dT%H%M%SZ)
-  file=/backups/prefect-$stamp.dump
-  if pg_dump --format=custom --file="$file.partial" "$PREFECTSTACK_DB_URL"; then
-    mv "$file.partial" "$file" && echo "backup written: $file"
-  else
-    rm -f "$file.partial"; echo "backup failed" >&2
-  fi
-  find /backups -name 'prefect-*.dump' -mtime "+$BACKUP_KEEP_DAYS" -delete
-  sleep "$BACKUP_INTERVAL_SECONDS"
-done
-"""
+BACKUP_DIR = "/backups"
+# The widest gap between two slots of a schedule is measured over this many slots from a
+# fixed date (the render must not depend on when it runs).
+_SLOTS = 400
+_FROM = datetime(2026, 1, 5, tzinfo=UTC)
 
 
-def backup_service(the_plan: Plan, depends_on: dict[str, Any]) -> dict[str, Any]:
-    """A pg_dump loop into the `backups` volume, using the database URL db-init uses."""
+def backup_gap_minutes(schedule: str) -> int:
+    """The longest wait between two backups of `schedule`, in minutes."""
+    slots = CronSim(schedule, _FROM)
+    times = [next(slots) for _ in range(_SLOTS)]
+    return max(int((b - a).total_seconds() // 60) for a, b in pairwise(times))
+
+
+def backup_service(stack: Stack, the_plan: Plan, image: str,
+                   depends_on: dict[str, Any]) -> dict[str, Any]:
+    """`jobs/compose_backup.py` in the app image, on the stack's `backup.schedule`, pruned
+    by `backup.keep`: the database (the image's pg_dump, PostgreSQL's major version of the
+    stack), the auth store and the edge's CA/ACME state."""
     db_init = the_plan.get("db-init")
     assert db_init is not None, "the topology always has db-init"
-    url = db_init.env["PREFECTSTACK_DB_URL"]
-    fresh = BACKUP_INTERVAL_SECONDS // 60 + 60
+    config = stack.backup
+    keep = config.keep
+    env = {
+        "PREFECTSTACK_DB_URL": interpolate(db_init.env["PREFECTSTACK_DB_URL"]),
+        "PREFECTSTACK_BACKUP_SCHEDULE": config.schedule,
+        "PREFECTSTACK_BACKUP_KEEP": f"{keep.daily} {keep.weekly} {keep.monthly}",
+    }
+    volumes = [f"backups:{BACKUP_DIR}"]
+    if the_plan.get("auth") is not None:
+        env["PREFECTSTACK_AUTH_DB"] = f"{AUTH_DIR}/auth.db"
+        volumes.append(f"auth:{AUTH_DIR}")  # SQLite's online backup writes the -shm
+    if the_plan.edge is not None:
+        env["PREFECTSTACK_EDGE_DATA"] = f"{EDGE_DIR}/data"
+        volumes.append(f"edge:{EDGE_DIR}:ro")
+    # Healthy within one gap (plus an hour) of the start or of the last good backup (the
+    # job touches `started` and `last-ok`).
+    fresh = backup_gap_minutes(config.schedule) + 60
     return {
-        "image": POSTGRES_IMAGE,
-        "command": ["sh", "-c", interpolate(BACKUP_SCRIPT)],
-        "environment": {
-            "PREFECTSTACK_DB_URL": interpolate(url),
-            "BACKUP_INTERVAL_SECONDS": str(BACKUP_INTERVAL_SECONDS),
-            "BACKUP_KEEP_DAYS": str(BACKUP_KEEP_DAYS),
-        },
-        "volumes": ["backups:/backups"],
+        "image": image,
+        "build": {"context": ".", "dockerfile": "Dockerfile"},
+        "command": ["python", "-m", "prefectstack.jobs.compose_backup"],
+        "environment": env,
+        "volumes": volumes,
         "networks": ["backend"],
         "depends_on": depends_on,
-        # Healthy while the newest dump is younger than one interval (plus an hour).
         "healthcheck": {
             "test": ["CMD-SHELL", interpolate(
-                f"find /backups -name 'prefect-*.dump' -mmin -{fresh} | grep -q ."
+                f"find {BACKUP_DIR} -maxdepth 1 -name 'last-ok' -mmin -{fresh} | grep -q . "
+                f"|| find {BACKUP_DIR} -maxdepth 1 -name 'started' -mmin -{fresh} | grep -q ."
             )],
-            "interval": "60s", "timeout": "10s", "retries": 3, "start_period": "10m",
+            "interval": "60s", "timeout": "10s", "retries": 3, "start_period": "60s",
         },
+        "deploy": {"resources": {"limits": {"memory": "512m"}}},
         "restart": "unless-stopped",
         "stop_grace_period": "30s",
+        # Root, to read the edge's files (root's, 0600) and the auth store (the app user's);
+        # no other capability.
+        "user": "0:0",
+        "cap_drop": ["ALL"],
+        "cap_add": ["DAC_OVERRIDE"],
         "security_opt": ["no-new-privileges:true"],
     }
 
@@ -105,11 +126,11 @@ def readme(name: str, url: str, the_plan: Plan) -> str:
         restore = f"""\
     docker compose stop {apis} services
     docker compose exec -T postgres pg_restore --clean --if-exists -U postgres -d prefect \\
-        < prefect-<stamp>.dump
+        < prefect.dump
     docker compose start {apis} services"""
     else:
         data = "The database is external (back it up where it runs too). "
-        restore = "    pg_restore --clean --if-exists -d <database URL> prefect-<stamp>.dump"
+        restore = "    pg_restore --clean --if-exists -d <database URL> prefect.dump"
     if the_plan.edge is not None:
         front = _edge_readme(url, the_plan.edge)
         edge_data = ("\nusers, API keys and the audit log in `auth`, Caddy's certificates and "
@@ -121,6 +142,7 @@ The stack has no edge (`edge.enabled: false`): open {url}
 keys.
 """
         edge_data = ""
+    redis_ui = ", RedisInsight on 127.0.0.1:5540" if the_plan.get("redis") else ""
     return f"""\
 # {name}: Docker Compose project
 
@@ -138,7 +160,7 @@ background services, auth and the edge -> pools (creates the work pools) -> work
 examples.
 
 {front}
-Admin tools (pgAdmin on 127.0.0.1:5050, RedisInsight on 127.0.0.1:5540) start only with
+Admin tools (pgAdmin on 127.0.0.1:5050{redis_ui}) start only with
 
     docker compose --profile admin up -d
 
@@ -157,10 +179,17 @@ the same one the local backend uses: generated once, never regenerated. Do not c
 
 ## Backups
 
-The `backup` service writes a `pg_dump --format=custom` file to the `backups` volume once a
-day and keeps 7 days; it turns unhealthy when the newest dump is too old. To restore:
+The `backup` service follows stack.yaml's `backup` section: on `backup.schedule` (UTC) it
+writes one tar to the `backups` volume holding the database (`prefect.dump`, `pg_dump
+--format=custom`, PostgreSQL 18's pg_dump, which also dumps an external server of 18 or
+older), the auth store (`auth.db`: users, API keys, audit log) and the edge's CA and ACME
+state (`edge/`), then keeps the newest of each of the last `backup.keep` days, weeks and
+months. It turns unhealthy when no backup has succeeded for longer than the schedule allows.
+`backup.encrypt` and `backup.s3` apply to the local backend only: copy these files off the
+machine yourself. To restore:
 
-    docker compose cp backup:/backups/prefect-<stamp>.dump .
+    docker compose cp backup:/backups/prefect-<stamp>.tar .
+    tar -xf prefect-<stamp>.tar prefect.dump
 {restore}
 """
 

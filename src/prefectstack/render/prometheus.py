@@ -31,8 +31,14 @@ API_PASSWORD_FILE = "/run/secrets/api_password"
 DNS_REFRESH = "30s"
 
 
-def config(stack: Stack, api_hosts: list[str], api_port: int) -> dict[str, Any]:
-    """Scrape every API process and Prometheus itself.
+ALERTMANAGER_PORT = 9093
+
+
+def config(stack: Stack, api_hosts: list[str], api_port: int, *,
+           exporters: dict[str, str] | None = None,
+           alertmanager: str | None = None) -> dict[str, Any]:
+    """Scrape every API process, the `exporters` (job name -> `host:port`: PostgreSQL's and
+    Redis's) and Prometheus itself; send alerts to `alertmanager` (`host:port`).
 
     `api_hosts` are names that resolve to API containers (compose: one service per API
     process). The targets come from DNS, one per A record, so a service scaled by hand
@@ -61,14 +67,18 @@ def config(stack: Stack, api_hosts: list[str], api_port: int) -> dict[str, Any]:
                 "relabel_configs": [{"source_labels": ["__meta_dns_name"],
                                      "target_label": "service"}],
             },
+            *({"job_name": job, "static_configs": [{"targets": [target]}]}
+              for job, target in (exporters or {}).items()),
             {"job_name": "prometheus", "static_configs": [{"targets": [f"127.0.0.1:{PORT}"]}]},
         ],
-    }
+    } | ({"alerting": {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}}
+         if alertmanager else {})
 
 
-def alert_rules(stack: Stack) -> dict[str, Any]:
-    """Rules Prometheus evaluates (there is no Alertmanager: they show as firing in
-    Prometheus and on the Grafana dashboard)."""
+def alert_rules(stack: Stack, exporters: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Rules Prometheus evaluates (firing ones go to Alertmanager, and show in Prometheus
+    and on the Grafana dashboard). `exporters`: the exporter jobs scraped (`postgres`,
+    `redis`): each gets a rule for its server being down."""
     up = f'up{{job="{API_JOB}"}}'
     replicas = stack.api.replicas
     rules = [
@@ -90,6 +100,16 @@ def alert_rules(stack: Stack) -> dict[str, Any]:
               "Prometheus fails to evaluate alert rules",
               "Some alert rules cannot be evaluated, so their alerts cannot fire."),
     ]
+    servers = {"postgres": ("PostgresDown", "pg_up == 0", "PostgreSQL does not answer"),
+               "redis": ("RedisDown", "redis_up == 0", "Redis does not answer")}
+    for job in exporters:
+        name, expr, summary = servers[job]
+        rules.append(_rule(name, expr, "1m", "critical", summary,
+                           f"The {job} exporter has not reached the server for a minute: "
+                           "the API processes fail with it."))
+        rules.append(_rule(f"{name[:-4]}ExporterDown", f'up{{job="{job}"}} == 0', "5m",
+                           "warning", f"The {job} exporter does not answer",
+                           f"Prometheus has not scraped the {job} exporter for five minutes."))
     if replicas > 1:
         rules.insert(2, _rule(
             "PrefectApiReplicasMissing", f"count({up} == 1) < {replicas}", "5m", "warning",
