@@ -114,3 +114,54 @@ def test_workflow_plans_on_pull_requests_without_applying() -> None:
     assert not any("deploy apply" in r for r in runs)
     for job in ("image", "deploy"):  # no image push or apply from a pull request
         assert flow["jobs"][job]["if"] == "${{ github.event_name != 'pull_request' }}"
+
+
+WITH_SECRETS = Stack.model_validate({
+    "version": CURRENT_VERSION, "name": "demo",
+    "api": {"public_url": "https://prefect.example.com"},
+    "secrets": [{"name": "git-token", "env": "GIT_TOKEN"},
+                {"name": "db-pass", "file": "secrets/db pass.txt"}],
+})
+
+
+def test_workflow_passes_the_stacks_secrets_to_plan_and_apply(tmp_path: Path) -> None:
+    """issue 13: `env` secrets (a private git source's credentials among them) and `file`
+    secrets never reached the jobs, so planning in CI failed on them."""
+    flow = yaml.safe_load(github_actions.render(WITH_SECRETS, stack_file="ops/stack.yaml")
+                          .files[github_actions.FILE])
+    for job in ("plan", "deploy"):
+        assert flow["jobs"][job]["env"]["GIT_TOKEN"] == "${{ secrets.GIT_TOKEN }}"
+        steps = flow["jobs"][job]["steps"]
+        names = [s.get("name") for s in steps]
+        write = steps[names.index("Write the stack's secret files")]
+        assert names.index("Write the stack's secret files") < names.index("Plan")
+        assert write["env"] == {"SECRET_0": "${{ secrets.PREFECTSTACK_SECRET_DB_PASS }}"}
+        assert "${{" not in write["run"]  # the value is a variable, never script text
+    # the step's script writes the file where stack.yaml reads it, 0600
+    write = next(s for s in flow["jobs"]["plan"]["steps"] if s.get("env", {}).get("SECRET_0"))
+    subprocess.run(["bash", "-c", write["run"]], cwd=tmp_path, check=True, timeout=30,
+                   env={"SECRET_0": "s3cr3t\nline", "PATH": "/usr/bin:/bin"})
+    written = tmp_path / "ops" / "secrets" / "db pass.txt"
+    assert written.read_text() == "s3cr3t\nline" and written.stat().st_mode & 0o777 == 0o600
+
+
+def test_workflow_sets_prefectstack_image_for_the_stack_file() -> None:
+    """issue 13: PREFECTSTACK_IMAGE was set but unused; now documented for the stack file's
+    `${PREFECTSTACK_IMAGE}` and set in the plan job too (the commit's tag)."""
+    text = github_actions.render(STACK).files[github_actions.FILE]
+    assert "`${PREFECTSTACK_IMAGE}`" in text
+    flow = yaml.safe_load(text)
+    assert flow["jobs"]["deploy"]["env"]["PREFECTSTACK_IMAGE"] == (
+        "${{ needs.image.outputs.image }}")
+    assert flow["jobs"]["plan"]["env"]["PREFECTSTACK_IMAGE"] == (
+        "ghcr.io/${{ github.repository_owner }}/demo-prefect:sha-${{ github.sha }}")
+    meta = next(s for s in flow["jobs"]["image"]["steps"] if s.get("id") == "meta")
+    assert "type=sha,format=long" in meta["with"]["tags"]
+
+
+def test_workflow_with_secrets_validates(
+    tmp_path: Path, tool_accepts: Callable[..., None]
+) -> None:
+    file = tmp_path / "deploy.yml"
+    file.write_text(github_actions.render(WITH_SECRETS).files[github_actions.FILE])
+    tool_accepts("check-jsonschema", "--builtin-schema", "vendor.github-workflows", str(file))
