@@ -612,3 +612,20 @@ def test_backup_cron_job_follows_the_stacks_backup_policy() -> None:
     bundle = kubernetes.render(off, fake_secrets(off))
     assert not [o for o in objects(bundle) if o["kind"] == "CronJob"]
     assert "backup" not in policies(bundle)["postgres"]
+
+
+def test_a_warm_worker_finds_its_module_in_the_pod() -> None:
+    """`python -m prefectstack.warm.worker` in a pod of the published image: the module
+    must be in the app ConfigMap (and in the Dockerfile's copies for `--image`)."""
+    from prefectstack.render import dockerfile
+
+    stack = Stack.model_validate({"version": CURRENT_VERSION, "workers": [
+        {"name": "worker-1", "pool": "default", "warm": True}]})
+    bundle = kubernetes.render(stack, fake_secrets(stack))
+    args = pod(find(bundle, "Deployment", "worker-1"))["containers"][0]["args"]
+    module = args[args.index("-m") + 1]
+    path = "app/prefectstack/" + module.removeprefix("prefectstack.").replace(".", "/") + ".py"
+    generator = yaml.safe_load(bundle.files["kustomization.yaml"])["configMapGenerator"][0]
+    assert path in {f.split("=", 1)[1] for f in generator["files"]}
+    assert path in bundle.copies
+    assert "warm/" in dockerfile.PACKAGE_FILES  # the image `--image` names is built with it

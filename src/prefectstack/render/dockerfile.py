@@ -19,7 +19,8 @@ from prefectstack.render.common import (
 )
 
 # What the image needs from the prefectstack package (a trailing `/`: every .py file of that
-# directory): the one-shots' modules, the auth service and the flow library, nothing else.
+# directory): the one-shots' modules, the auth service, the flow library and the warm worker,
+# nothing else.
 PACKAGE_FILES = (
     "__init__.py",
     "errors.py",
@@ -28,6 +29,7 @@ PACKAGE_FILES = (
     "jobs/",
     "auth/",
     "flows/",
+    "warm/",  # the warm worker (`workers[].warm`), standard library and Prefect only
 )
 
 # Pinned as in pyproject.toml / requirements.lock.
