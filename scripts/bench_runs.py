@@ -32,9 +32,11 @@ the server. Reported per configuration and phase:
   children included: utime+stime+cutime+cstime from /proc) and the server processes ((a):
   the `prefect server start` tree; (b)/(c): the stack's api/services/postgres/redis/edge/
   auth trees; the stack's reconcile and backup daemons are reported apart as "side"), per
-  created run;
+  created run; and the same net of what those processes burn idle (--idle seconds
+  measured with no run before each configuration, times the phase's duration);
 - child private RSS (psutil uss) of flow-run processes, sampled while they run;
-- failures: creations that failed, runs final but not Completed, runs lost (created but
+- failures: creations that failed (after the retries Prefect's client makes; the retries
+  are counted apart), runs final but not Completed, runs lost (created but
   not final by the deadline);
 - (c) the warm parent's (forkserver's) RSS/USS before the first run and after the last.
 
@@ -79,6 +81,7 @@ TICKS = os.sysconf("SC_CLK_TCK")
 CONFIGS = ("a", "b", "c")
 LABELS = {"a": "(a) stock server + stock worker", "b": "(b) stack + stock worker",
           "c": "(c) stack + warm worker"}
+CREATE_RETRIES = 5
 FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 FLOW = '''
 from prefect import flow
@@ -317,17 +320,30 @@ class Phase:
         self.deadline = time.monotonic() + timeout
         self.ids: list[str] = []
         self.create_errors: list[str] = []
+        self.create_retries = 0
         self.final: dict[str, dict[str, Any]] = {}
         self.last_seen: dict[str, dict[str, Any]] = {}
 
     def create(self) -> None:
-        try:
-            run = self.api.post(f"/deployments/{self.dep}/create_flow_run", {})
-        except httpx.HTTPError as exc:
-            detail = exc.response.text[:200] if isinstance(exc, httpx.HTTPStatusError) else ""
-            self.create_errors.append(f"{type(exc).__name__}: {exc} {detail}".strip())
+        """One creation, retried like Prefect's own client does (PREFECT_CLIENT_MAX_RETRIES,
+        5: on 429/502/503 and connection errors, exponential backoff with jitter); it
+        fails only when the retries are spent."""
+        for attempt in range(CREATE_RETRIES + 1):
+            try:
+                run = self.api.post(f"/deployments/{self.dep}/create_flow_run", {})
+            except httpx.HTTPError as exc:
+                status, detail = None, ""
+                if isinstance(exc, httpx.HTTPStatusError):
+                    status, detail = exc.response.status_code, exc.response.text[:200]
+                error = f"{type(exc).__name__}: {status or exc} {detail}".strip()
+                if attempt < CREATE_RETRIES and status in (None, 429, 502, 503):
+                    self.create_retries += 1
+                    time.sleep(min(2 ** attempt, 30) * random.uniform(1, 1.2))
+                    continue
+                self.create_errors.append(error)
+                return
+            self.ids.append(run["id"])
             return
-        self.ids.append(run["id"])
 
     def outstanding(self) -> list[str]:
         return [i for i in self.ids if i not in self.final]
@@ -370,6 +386,7 @@ class Phase:
         return {
             "created": created,
             "creation_failures": len(self.create_errors),
+            "creation_retries": self.create_retries,
             "creation_errors": self.create_errors[:5],
             "not_completed": len(runs) - completed,
             "lost": lost,
@@ -445,12 +462,25 @@ def run_config(api: Api, deployment_id: str, worker_pid: int, trees: dict[str, i
     fork = forkserver_of(worker_pid)
     if fork is not None:
         result["forkserver_before"] = memory_mb(fork)
+    idle = idle_rates(worker_pid, trees, settle_pids, args.idle)
+    result["idle_cpu_s_per_s"] = idle
     for mode, count in (("burst", args.runs), ("sustained", args.sustained)):
         if count <= 0:
             continue
         settle(settle_pids)
         print(f"  {mode}: {count} runs", flush=True)
-        result[mode] = measure(api, deployment_id, worker_pid, trees, mode, count, args)
+        result[mode] = out = measure(api, deployment_id, worker_pid, trees, mode, count, args)
+        if idle:
+            # What the processes burn while idle (polling, loop services, the other
+            # worker's polls), taken off: the cost a run adds.
+            busy = out["observed_all_final_s"]
+            per = max(out["created"], 1)
+            worker_cpu = out["cpu_s"]["worker"]
+            server_cpu = out["cpu_s_per_run_server"] * per
+            out["cpu_s_per_run_worker_net"] = round(
+                (worker_cpu - idle["worker"] * busy) / per, 3)
+            out["cpu_s_per_run_server_net"] = round(
+                (server_cpu - idle["server"] * busy) / per, 3)
         print(f"  {mode}: {json.dumps({k: result[mode][k] for k in SUMMARY if k in result[mode]})}",
               flush=True)
     if fork is not None:
@@ -459,6 +489,25 @@ def run_config(api: Api, deployment_id: str, worker_pid: int, trees: dict[str, i
         result["forkserver_same_pid"] = forkserver_of(worker_pid) is fork or (
             (now := forkserver_of(worker_pid)) is not None and now.pid == fork.pid)
     return result
+
+
+def idle_rates(worker_pid: int, trees: dict[str, int], settle_pids: list[int],
+               seconds: float) -> dict[str, float]:
+    """CPU-s per second of the worker tree and the server processes with no run at all."""
+    if seconds <= 0:
+        return {}
+    settle(settle_pids)
+    meter = CpuMeter({"worker": worker_pid, **trees})
+    meter.start()
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    cpu = meter.stop()
+    span = time.monotonic() - t0
+    return {
+        "worker": round(cpu["worker"] / span, 3),
+        "server": round(sum(v for k, v in cpu.items() if k != "worker" and k not in SIDE)
+                        / span, 3),
+    }
 
 
 SUMMARY = ("created", "failures", "burst_s", "runs_per_min", "lag_p50_s", "lag_p95_s",
@@ -613,15 +662,21 @@ ROWS = (
     ("burst: lag p95 (s)", "burst", "lag_p95_s"),
     ("burst: worker CPU-s/run", "burst", "cpu_s_per_run_worker"),
     ("burst: server CPU-s/run", "burst", "cpu_s_per_run_server"),
+    ("burst: worker CPU-s/run net", "burst", "cpu_s_per_run_worker_net"),
+    ("burst: server CPU-s/run net", "burst", "cpu_s_per_run_server_net"),
     ("burst: child USS median (MB)", "burst", "child_uss_mb_median"),
     ("burst: failures", "burst", "failures"),
+    ("burst: creation retries", "burst", "creation_retries"),
     ("sustained: runs/min", "sustained", "runs_per_min"),
     ("sustained: lag p50 (s)", "sustained", "lag_p50_s"),
     ("sustained: lag p95 (s)", "sustained", "lag_p95_s"),
     ("sustained: worker CPU-s/run", "sustained", "cpu_s_per_run_worker"),
     ("sustained: server CPU-s/run", "sustained", "cpu_s_per_run_server"),
+    ("sustained: worker CPU-s/run net", "sustained", "cpu_s_per_run_worker_net"),
+    ("sustained: server CPU-s/run net", "sustained", "cpu_s_per_run_server_net"),
     ("sustained: child USS median (MB)", "sustained", "child_uss_mb_median"),
     ("sustained: failures", "sustained", "failures"),
+    ("sustained: creation retries", "sustained", "creation_retries"),
 )
 
 
@@ -657,7 +712,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=50, help="burst size")
     parser.add_argument("--sustained", type=int, default=500, help="runs of the sustained load")
-    parser.add_argument("--configs", default="a,b,c", help="which of a,b,c to measure")
+    parser.add_argument("--configs", default="a,b,c",
+                        help="which of a,b,c to measure, in this order (b,c share a stack)")
     parser.add_argument("--limit", type=int, default=8, help="each worker's --limit")
     parser.add_argument("--poll", type=float, default=2,
                         help="workers' poll interval (PREFECT_WORKER_QUERY_SECONDS)")
@@ -665,6 +721,8 @@ def main() -> None:
                         help="runs kept outstanding in the sustained load (0: 2 x --limit)")
     parser.add_argument("--create-threads", type=int, default=8,
                         help="concurrent creations in the burst")
+    parser.add_argument("--idle", type=float, default=20,
+                        help="seconds of idle CPU measured before each configuration (0: none)")
     parser.add_argument("--timeout", type=float, default=1800, help="per phase, seconds")
     parser.add_argument("--port-range", default=None,
                         help="LO-HI: take every port from this range (default: kernel-chosen)")
@@ -682,20 +740,23 @@ def main() -> None:
     started_at = time.time()
     results: dict[str, dict[str, Any]] = {}
     dirs: list[str] = []
+    stacked = [c for c in configs if c in STACK_WORKERS]
+    # In the order given: "a" before or after the stack's configurations.
+    steps = ["a", "stack"] if configs[0] == "a" else ["stack", "a"]
     try:
-        if "a" in configs:
-            root = Path(tempfile.mkdtemp(prefix=args.prefix + "a-"))
-            dirs.append(str(root))
-            (root / "bench_flow.py").write_text(FLOW)
-            print(LABELS["a"], flush=True)
-            results["a"] = config_a(root, ports, args)
-        stacked = [c for c in configs if c in STACK_WORKERS]
-        if stacked:
-            root = Path(tempfile.mkdtemp(prefix=args.prefix + "stack-"))
-            dirs.append(str(root))
-            root.chmod(0o755)  # run as root, the stack's services run as their own accounts
-            (root / "bench_flow.py").write_text(FLOW)
-            results |= config_stack(root, ports, args, stacked)
+        for step in steps:
+            if step == "a" and "a" in configs:
+                root = Path(tempfile.mkdtemp(prefix=args.prefix + "a-"))
+                dirs.append(str(root))
+                (root / "bench_flow.py").write_text(FLOW)
+                print(LABELS["a"], flush=True)
+                results["a"] = config_a(root, ports, args)
+            elif step == "stack" and stacked:
+                root = Path(tempfile.mkdtemp(prefix=args.prefix + "stack-"))
+                dirs.append(str(root))
+                root.chmod(0o755)  # run as root; the stack's services run as their accounts
+                (root / "bench_flow.py").write_text(FLOW)
+                results |= config_stack(root, ports, args, stacked)
     finally:
         out: dict[str, Any] = {
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
