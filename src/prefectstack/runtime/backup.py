@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import errno
 import importlib.metadata
 import json
 import os
@@ -83,7 +85,13 @@ def create(loaded: LoadedStack, to: Path | None = None) -> Result:
     dest = to.resolve() if to else destination(loaded)
     started = time.monotonic()
     try:
-        result = _create(loaded, dest, started)
+        try:
+            result = _create(loaded, dest, started)
+        except Exception as exc:
+            full = no_space(exc, dest)
+            if full is None:
+                raise
+            raise full from None
     except BaseException as exc:
         _record_failure(state_dir, str(exc))
         raise
@@ -91,8 +99,9 @@ def create(loaded: LoadedStack, to: Path | None = None) -> Result:
         from prefectstack.runtime import backup_s3
 
         try:
-            result.remote = backup_s3.upload(loaded, result.path)
-            result.pruned_remote = backup_s3.prune(loaded)
+            remote = backup_s3.upload(loaded, result.path)
+            result = dataclasses.replace(result, remote=remote,
+                                         pruned_remote=backup_s3.prune(loaded))
         except BaseException as exc:
             _record_failure(state_dir, f"{result.path} was written but not copied to S3: "
                                        f"{exc}", path=str(result.path))
@@ -102,6 +111,23 @@ def create(loaded: LoadedStack, to: Path | None = None) -> Result:
                         "seconds": round(result.seconds, 2), "remote": result.remote,
                         "schedule": loaded.stack.backup.schedule})
     return result
+
+
+def no_space(exc: BaseException, dest: Path) -> StackError | None:
+    """A full disk, however it was met (our own writes, pg_dump's, the encryption's), as one
+    clear error; None for any other failure."""
+    text = getattr(exc, "message", None) or str(exc)
+    if not ((isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT))
+            or "No space left on device" in text or "Disk quota exceeded" in text):
+        return None
+    try:
+        free = f" ({shutil.disk_usage(dest).free / 1e6:.1f} MB free)"
+    except OSError:
+        free = ""
+    return StackError(f"the backup does not fit in {dest}: no space left on the device{free}; "
+                      "its partial files were removed",
+                      hint="free some space or back up elsewhere (--to DIR or "
+                           "backup.destination); older backups there are untouched")
 
 
 def _record_failure(state_dir: Path, error: str, **extra: str) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from prefectstack.errors import StackError
+from prefectstack.stack.loader import LoadedStack
 
 MAGIC = b"age-encryption.org/v1\n"
 SUFFIX = ".age"
@@ -96,7 +97,7 @@ def decrypt(src: Path, dst: Path, identity_file: Path | None) -> None:
         raise
 
 
-def identity_file(loaded: Any) -> Path | None:
+def identity_file(loaded: LoadedStack) -> Path | None:
     """The stack's configured private key file, if any (relative to the stack file)."""
     encryption = loaded.stack.backup.encrypt
     if encryption is None or encryption.identity_file is None:

@@ -96,9 +96,11 @@ def main(argv: list[str]) -> int:
 
     def backup() -> str:
         result = backups.create(loaded)
-        pruned = f"; pruned {', '.join(result.pruned)}" if result.pruned else ""
+        gone = result.pruned + result.pruned_remote
+        pruned = f"; pruned {', '.join(gone)}" if gone else ""
+        copied = f"; copied to {result.remote}" if result.remote else ""
         return (f"backup written: {result.path} ({result.size} bytes, "
-                f"{result.seconds:.1f}s){pruned}")
+                f"{result.seconds:.1f}s){copied}{pruned}")
 
     run_forever(loaded.stack.backup.schedule, backup, backups.last_status(loaded.state_dir),
                 stop)
