@@ -49,7 +49,11 @@ def free_port() -> int:
 
 
 def stack_yaml(**ports: int) -> str:
-    """A test stack on free ports; `https`, `http` and `auth` are allocated when not given."""
+    """A test stack on free ports; `https`, `http` and `auth` are allocated when not given.
+
+    Its worker is Prefect's stock process worker (`warm: false`), which most modules keep;
+    the conformance round with two API processes and test_warm_worker.py run the default,
+    the warm worker (they drop the line)."""
     for name in ("https", "http", "auth"):
         ports.setdefault(name, free_port())
     return f"""\
@@ -72,6 +76,7 @@ workers:
     pool: itest-pool
     limit: 4
     poll_seconds: 2
+    warm: false
     health_port: {ports["worker"]}
 examples:
   enabled: true

@@ -63,9 +63,10 @@ ALLOWED = (
 class Stack:
     """A running stack and the per-role Prefect configuration of its users."""
 
-    def __init__(self, root: Path, replicas: int, slow: float) -> None:
+    def __init__(self, root: Path, replicas: int, slow: float, warm: bool) -> None:
         self.root = root
         self.replicas = replicas
+        self.warm = warm  # the stack's and the joined worker's kind
         self.slow = slow  # measured start-up / nominal: scales every wait
         self.ports: dict[str, int] = json.loads((root / "ports.json").read_text())
         self.base = f"https://localhost:{self.ports['https']}"
@@ -215,15 +216,19 @@ deploy(three_tasks, "nobody", pool="nobody-pool")
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """The default stack, one API process (test_promises_two_apis.py: the same with two)."""
-    yield from running_stack(tmp_path_factory, replicas=1)
+    """The default stack with one API process and Prefect's stock process worker
+    (test_promises_two_apis.py: two API processes and the default, warm worker)."""
+    yield from running_stack(tmp_path_factory, replicas=1, warm=False)
 
 
-def running_stack(tmp_path_factory: pytest.TempPathFactory, replicas: int) -> Iterator[Stack]:
+def running_stack(tmp_path_factory: pytest.TempPathFactory, replicas: int,
+                  warm: bool) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp(f"promises-{replicas}")
     ports = {k: free_port() for k in ("pg", "redis", "api", "worker", "https", "http", "auth")}
     # The bundled hello example on a short interval: the scheduler must create its runs.
     text = stack_yaml(**ports).replace("interval_seconds: 3600", "interval_seconds: 20")
+    if warm:
+        text = text.replace("    warm: false\n", "")  # the default
     # Two API processes in the second round; a deployment waiting for its concurrency slot is
     # retried after 2 s instead of 30 (a server setting, passed through `api.settings`).
     text = text.replace(f"api:\n  port: {ports['api']}\n", f"""api:
@@ -243,7 +248,7 @@ def running_stack(tmp_path_factory: pytest.TempPathFactory, replicas: int) -> It
         # Every wait below scales with how long this machine took to start the stack
         # (~50 s on an idle 2-core machine).
         slow = max(1.0, (time.monotonic() - started) / 50)
-        stack = Stack(root, replicas, slow)
+        stack = Stack(root, replicas, slow, warm)
         with stack.http("developer") as client:
             client.post("/work_pools/", json={"name": "nobody-pool", "type": "process"}
                         ).raise_for_status()
@@ -367,7 +372,7 @@ three_tasks.from_source(source={str(stack.root)!r},
     stack.background("worker", [
         sys.executable, "-m", "prefectstack", "worker", "join", "--server", stack.base,
         "--key", stack.keys["worker"], "--pool", "joined-pool", "--ca", stack.ca,
-        "--name", "joined", "--health-port", str(health),
+        "--name", "joined", "--health-port", str(health), "--warm" if stack.warm else "--stock",
         "--home", str(stack.root / "joined-home")])
     wait_for(lambda: _healthy(health), stack.wait(120), "the joined worker's health endpoint")
     run_id = stack.run("three-tasks/joined", {"label": "joined-worker"})

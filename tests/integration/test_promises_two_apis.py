@@ -50,7 +50,7 @@ globals().update({name: value for name, value in vars(test_promises).items()
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    yield from running_stack(tmp_path_factory, replicas=2)
+    yield from running_stack(tmp_path_factory, replicas=2, warm=True)
 
 
 def test_killing_an_api_process_fails_no_read(stack: Stack) -> None:

@@ -63,7 +63,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("warm")
     ports = {k: free_port() for k in ("pg", "redis", "api", "worker", "https", "http", "auth")}
     text = stack_yaml(**ports).replace(
-        "    poll_seconds: 2\n", "    poll_seconds: 2\n    warm: true\n")
+        "    warm: false\n", "")  # the default: the warm worker
     text = text.replace("examples:\n  enabled: true", "examples:\n  enabled: false")
     (root / "stack.yaml").write_text(text)
     (root / "ports.json").write_text(json.dumps(ports))
@@ -73,7 +73,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     started = time.monotonic()
     try:
         cli("up", "--detach", cwd=root)
-        stack = Stack(root, 1, max(1.0, (time.monotonic() - started) / 50))
+        stack = Stack(root, 1, max(1.0, (time.monotonic() - started) / 50), warm=True)
         stack.python("developer", DEPLOY.format(src=str(root), pool=POOL), timeout=600)
         _deploy_without_pull_steps(stack)
         yield stack

@@ -69,7 +69,8 @@ STACKS: dict[str, dict[str, Any]] = {
     "external-redis": {"redis": {"mode": "external", "url": "redis://cache:6379"}},
     "no-services-no-examples": {"services": {"enabled": False}, "examples": {"enabled": False}},
     "two-workers": {
-        "workers": [{"name": "a", "pool": "p1"}, {"name": "b", "pool": "p2", "limit": 2}]
+        "workers": [{"name": "a", "pool": "p1", "warm": False},
+                    {"name": "b", "pool": "p2", "limit": 2}]
     },
 }
 stacks = pytest.mark.parametrize("data", list(STACKS.values()), ids=list(STACKS))
@@ -280,9 +281,11 @@ def test_external_postgres_has_no_postgres_service() -> None:
 def test_workers() -> None:
     services = local(**STACKS["two-workers"])
     a, b = services["a"], services["b"]
-    # Prefect's stock worker, under the reaper that stops its flow runs when it stops
+    # `warm: false`: Prefect's stock worker, under the reaper that stops its flow runs when
+    # it stops; by default the warm worker, with `prefect worker start`'s own options
     assert a.argv[:6] == ("python", "-m", "prefectstack.jobs.reaper", "-m", "prefect", "worker")
     assert a.argv[6] == "start"
+    assert b.argv[:4] == ("python", "-m", "prefectstack.warm.worker", "--pool")
     assert a.argv[a.argv.index("--pool") + 1] == "p1"
     assert "--limit" not in a.argv
     assert b.argv[b.argv.index("--limit") + 1] == "2"
@@ -309,9 +312,9 @@ def test_workers() -> None:
 def test_only_the_stock_worker_runs_under_the_reaper() -> None:
     """The warm worker's runs die with its forkserver; Compose and Kubernetes stop a whole
     container: only the local stock worker needs jobs/reaper.py."""
-    warm = local(workers=[{"name": "w", "pool": "p", "warm": True}])["w"]
+    warm = local(workers=[{"name": "w", "pool": "p"}])["w"]  # the default
     assert warm.argv[:3] == ("python", "-m", "prefectstack.warm.worker")
-    stock = build(workers=[{"name": "s", "pool": "p"}])["s"]
+    stock = build(workers=[{"name": "s", "pool": "p", "warm": False}])["s"]
     assert stock.argv[:3] == ("prefect", "worker", "start")  # what the containers run
 
 

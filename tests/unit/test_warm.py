@@ -76,7 +76,7 @@ def _workers(**worker: object) -> dict[str, topology.Service]:
 
 
 def test_warm_workers_run_the_warm_worker_with_the_same_arguments() -> None:
-    stock, warm = _workers()["w"], _workers(warm=True, preload=["pandas", "my_lib.io"])["w"]
+    stock, warm = _workers(warm=False)["w"], _workers(preload=["pandas", "my_lib.io"])["w"]
     assert stock.argv[:3] == ("prefect", "worker", "start")
     assert "PREFECTSTACK_WARM_PRELOAD" not in stock.env
     assert warm.argv[:3] == ("python", "-m", "prefectstack.warm.worker")

@@ -44,8 +44,12 @@ def worker() -> None:
               help="Maximum concurrent flow runs.")
 @click.option("--home", type=click.Path(file_okay=False), default=None,
               help="The worker's own PREFECT_HOME (default: ~/.prefectstack/workers/<name>).")
+@click.option("--warm/--stock", default=True, show_default=True,
+              help="--warm forks each flow run from a pre-imported parent (Linux; elsewhere "
+                   "the stock worker); "
+                   "--stock runs Prefect's own process worker (a fresh interpreter per run).")
 def join(server: str, key: str | None, pool: str, ca_file: str | None, name: str | None,
-         health_port: int, limit: int | None, home: str | None) -> None:
+         health_port: int, limit: int | None, home: str | None, warm: bool) -> None:
     """Run a process worker here against a remote stack, until stopped (Ctrl-C)."""
     import asyncio
 
@@ -59,7 +63,7 @@ def join(server: str, key: str | None, pool: str, ca_file: str | None, name: str
     prefect_home = Path(home) if home else Path.home() / ".prefectstack" / "workers" / name
     asyncio.run(_preflight(target, pool))
     prefect_home.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool,
+    argv = [sys.executable, "-m", *worker_launcher(warm), "--pool", pool,
             "--type", "process", "--name", name, "--with-healthcheck"]
     if limit:
         argv += ["--limit", str(limit)]
@@ -67,6 +71,15 @@ def join(server: str, key: str | None, pool: str, ca_file: str | None, name: str
     console.event(f"health: http://127.0.0.1:{health_port}/health; "
                   f"PREFECT_HOME: {prefect_home}; stop with Ctrl-C")
     sys.exit(tools.run_foreground(argv, env=worker_env(target, prefect_home, health_port)))
+
+
+def worker_launcher(warm: bool) -> list[str]:
+    """The module and arguments before `--pool`: the warm worker takes `prefect worker
+    start`'s own options. It forks after importing, which only Linux makes safe (macOS's
+    system frameworks are not fork-safe, Windows has no fork): elsewhere, the stock one."""
+    if warm and sys.platform.startswith("linux"):
+        return ["prefectstack.warm.worker"]
+    return ["prefect", "worker", "start"]
 
 
 def worker_env(target: prefect_api.Target, home: Path, health_port: int) -> dict[str, str]:
