@@ -10,7 +10,8 @@ environment; the placeholders each target resolves its own way are resolved here
   on a plain-HTTP listener inside the private network, with the same API keys (see `Edge`);
 - the service's role picks the image (`postgres`, `redis`, `caddy`, else our image), and
   PostgreSQL's and Redis's settings become their command-line flags;
-- API processes 2..N share one `api-replicas` container spec (they differ only in address).
+- API processes 2..N share one `api-replicas` container spec (they differ only in address);
+  compose keeps one service each (`build(fold_replicas=False)`).
 `${secret.NAME}` stays: each renderer turns it into its own secret reference.
 """
 
