@@ -6,6 +6,11 @@ The drill: seed runs with logs, a variable, a user, API keys (one revoked); back
 the stack runs; `down --volumes`; restore; `up`. Every Prefect table's row count was checked
 by the restore against the manifest; here the stable ones are checked again after `up`, the
 key made before the backup authenticates through the edge and the revoked one is refused.
+The backup the drill restores is encrypted (backup.encrypt) and fetched from an S3 bucket
+(backup.s3: moto's S3 server on 127.0.0.1), so one restore proves both.
+
+A backup onto a full disk (a small tmpfs; root only) fails with one clear error, leaves no
+partial file and the older backup there untouched, and `status` shows the failure.
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import ssl
+import subprocess
 import tarfile
 import time
 from collections.abc import Iterator
@@ -40,8 +47,9 @@ STABLE_TABLES = ("flow", "deployment", "variable", "work_pool", "block_document"
 
 
 class Drill:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, s3_endpoint: str) -> None:
         self.root = root
+        self.s3_endpoint = s3_endpoint
         self.ports: dict[str, int] = json.loads((root / "ports.json").read_text())
         self.base = f"https://localhost:{self.ports['https']}"
         self.state = root / "state"
@@ -65,11 +73,17 @@ def drill(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Drill]:
     (root / "stack.yaml").write_text(stack_yaml(**ports).replace("interval_seconds: 3600",
                                                                   "interval_seconds: 86400"))
     (root / "ports.json").write_text(json.dumps(ports))
+    from moto.server import ThreadedMotoServer
+
+    s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    s3.start()
+    host, port = s3.get_host_and_port()
     try:
         cli("up", "--detach", cwd=root)
-        yield Drill(root)
+        yield Drill(root, f"http://{host}:{port}")
     finally:
         cli("down", cwd=root, check=False, timeout=120)
+        s3.stop()
 
 
 def seed(drill: Drill) -> None:
@@ -149,13 +163,120 @@ def test_backup_of_the_running_stack(drill: Drill) -> None:
     assert "Traceback" not in refused.stderr
 
 
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_backup_onto_a_full_disk_fails_cleanly(drill: Drill, tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs as the backup destination needs root")
+    older: Path = drill.figures["archive"]
+    disk = tmp_path / "small-disk"
+    disk.mkdir()
+    # Room for the older backup and half of another: the new one (its work files and then
+    # the archive, each about as large) cannot fit.
+    pages = older.stat().st_size * 3 // 2 // 4096 + 1
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={pages * 4096},mode=0700",
+                              "tmpfs", str(disk)], capture_output=True, text=True, timeout=60)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        shutil.copyfile(older, disk / older.name)
+        before = sha256(disk / older.name)
+        result = cli("backup", "--to", str(disk), cwd=drill.root, check=False)
+        assert result.returncode == 1
+        lines = result.stderr.splitlines()
+        errors = [i for i, line in enumerate(lines) if line.startswith("error:")]
+        assert len(errors) == 1, result.stderr
+        error = lines[errors[0]]
+        assert error.startswith("error: the backup does not fit in"), result.stderr
+        assert "no space left on the device" in error
+        assert lines[errors[0] + 1].strip().startswith("hint: free some space")
+        assert "Traceback" not in result.stderr + result.stdout
+        assert sorted(os.listdir(disk)) == [older.name]  # no partial file, no work dir
+        assert sha256(disk / older.name) == before
+    finally:
+        subprocess.run(["umount", str(disk)], check=False, timeout=60)
+    status = json.loads((drill.state / "backup-status.json").read_text())
+    assert status["ok"] is False and "does not fit" in status["error"]
+    shown = cli("status", cwd=drill.root, check=False)
+    assert "last backup FAILED" in shown.stdout, shown.stdout
+
+
+def configure_encryption_and_s3(drill: Drill) -> str:
+    """Add backup.encrypt (a key from `backup keygen`) and backup.s3 (credentials in 0600
+    files) to the stack file; return the public key."""
+    out = cli("backup", "keygen", "backup.key", cwd=drill.root).stdout
+    public = out.split("recipients): ")[1].split()[0]
+    for name, value in (("s3-key-id", "testing"), ("s3-secret", "testing")):
+        (drill.root / name).write_text(value + "\n")
+        (drill.root / name).chmod(0o600)
+    with (drill.root / "stack.yaml").open("a") as fh:
+        fh.write(f"""
+backup:
+  encrypt:
+    recipients: [{public}]
+    identity_file: backup.key
+  s3:
+    bucket: itest-backups
+    prefix: site/
+    endpoint_url: {drill.s3_endpoint}
+    region: us-east-1
+    access_key_id_file: s3-key-id
+    secret_access_key_file: s3-secret
+""")
+    import boto3
+
+    boto3.client("s3", endpoint_url=drill.s3_endpoint, region_name="us-east-1",
+                 aws_access_key_id="testing", aws_secret_access_key="testing",
+                 ).create_bucket(Bucket="itest-backups")
+    return public
+
+
+def test_an_encrypted_backup_copied_to_s3(drill: Drill) -> None:
+    configure_encryption_and_s3(drill)
+    # The plain backup of the same day is pruned by this one (backup.keep keeps the newest
+    # of each day); the damaged-backup tests below work on a copy of it.
+    plain: Path = drill.figures["archive"]
+    drill.figures["archive"] = shutil.copy2(plain, drill.root / plain.name)
+    start = time.monotonic()
+    result = json.loads(cli("backup", "--json", cwd=drill.root).stdout)
+    drill.figures["encrypted_total_seconds"] = time.monotonic() - start
+    drill.figures["encrypted_seconds"] = result["seconds"]
+    sealed = Path(result["file"])
+    assert result["encrypted"] and sealed.name.endswith(".tar.age")
+    assert sealed.stat().st_mode & 0o777 == 0o600
+    assert sealed.read_bytes().startswith(b"age-encryption.org/v1\n")
+    assert not tarfile.is_tarfile(sealed)
+    assert result["remote"] == f"s3://itest-backups/site/{sealed.name}"
+    assert result["pruned"] == [plain.name] and not plain.exists()
+    drill.figures["remote"] = result["remote"]
+    drill.figures["manifest"] = result["manifest"]
+    drill.figures["encrypted_bytes"] = sealed.stat().st_size
+    drill.figures["sealed"] = sealed
+    if shutil.which("age"):  # the standard CLI reads it
+        opened = subprocess.run(["age", "-d", "-i", str(drill.root / "backup.key"),
+                                 str(sealed)], capture_output=True, check=True,
+                                timeout=120).stdout
+        with tarfile.open(fileobj=io.BytesIO(opened)) as tar:
+            assert tar.getnames()[0] == "manifest.json"
+    listed = backups(drill)
+    where = {(b["location"], Path(b["file"]).name) for b in listed}
+    assert where == {("local", sealed.name), ("s3", sealed.name)}
+    remote = next(b for b in listed if b["location"] == "s3")
+    assert remote["size_bytes"] == sealed.stat().st_size and remote["encrypted"]
+    shown = cli("backup", "list", cwd=drill.root).stdout
+    assert result["remote"] in shown and "encrypted (age)" in shown
+    assert "last backup:" in cli("status", cwd=drill.root, check=False).stdout
+
+
 def test_restore_drill(drill: Drill) -> None:
-    archive: Path = drill.figures["archive"]
+    archive: str = drill.figures["remote"]  # encrypted, fetched from the bucket
     cli("down", "--volumes", "--yes", cwd=drill.root, timeout=180)
     assert not (drill.state / "data").exists()
     (drill.state / "secrets.json").unlink()  # a new machine: nothing but the backup
     start = time.monotonic()
-    out = json.loads(cli("restore", str(archive), "--yes", "--json", cwd=drill.root,
+    out = json.loads(cli("restore", archive, "--yes", "--json", cwd=drill.root,
                          timeout=600).stdout)
     drill.figures["restore_seconds"] = time.monotonic() - start
     assert out["manifest"]["row_counts"] == drill.figures["manifest"]["row_counts"]
@@ -178,7 +299,10 @@ def test_restore_drill(drill: Drill) -> None:
         t: drill.figures["manifest"]["row_counts"][t] for t in STABLE_TABLES}
     print(f"\nFIGURES: {RUNS} runs x {LOGS_PER_RUN} logs: backup "
           f"{drill.figures['backup_seconds']:.1f}s, {drill.figures['backup_bytes'] / 1e6:.2f} MB;"
-          f" restore {drill.figures['restore_seconds']:.1f}s")
+          f" encrypted backup {drill.figures['encrypted_seconds']:.1f}s "
+          f"({drill.figures['encrypted_bytes'] / 1e6:.2f} MB), with the S3 upload "
+          f"{drill.figures['encrypted_total_seconds']:.1f}s (CLI);"
+          f" restore from S3, decrypted, {drill.figures['restore_seconds']:.1f}s")
     # The supervisor's readiness probe connects while the restored cluster starts (slowly,
     # on a loaded machine): PostgreSQL answers it with this FATAL line.
     starting = ("postgres", r"FATAL:  the database system is starting up")
@@ -261,6 +385,27 @@ DAMAGE = {
     "newer-schema": (newer_schema, "newer than the installed Prefect knows"),
     "not-a-backup": (not_a_backup, "damaged"),
 }
+
+
+def test_an_encrypted_backup_without_its_key_is_refused(drill: Drill) -> None:
+    cli("down", cwd=drill.root, timeout=180)
+    sealed: Path = drill.figures["sealed"]
+    stack_file = drill.root / "stack.yaml"
+    configured = stack_file.read_text()
+    cli("backup", "keygen", "other.key", cwd=drill.root)
+    cases = {"identity_file: other.key": "cannot decrypt it with the key in",
+             "identity_file: null": "no key to decrypt it is configured"}
+    try:
+        for setting, message in cases.items():
+            stack_file.write_text(configured.replace("identity_file: backup.key", setting))
+            before = fingerprint(drill.state)
+            result = cli("restore", str(sealed), "--yes", cwd=drill.root, check=False)
+            assert result.returncode == 1 and message in result.stderr, result.stderr
+            assert "Traceback" not in result.stderr + result.stdout
+            assert fingerprint(drill.state) == before
+            assert not list(drill.state.glob(".restore-*"))
+    finally:
+        stack_file.write_text(configured)
 
 
 @pytest.mark.parametrize("case", sorted(DAMAGE))
