@@ -12,6 +12,12 @@ if ! command -v chromium >/dev/null 2>&1; then
     echo "note: chromium is not installed; the browser test will be skipped" >&2
   fi
 fi
+# The standard `age` CLI proves encrypted backups open without prefectstack (else skipped).
+if ! command -v age >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1
+then
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq age; } \
+    >/dev/null || echo "note: the age CLI could not be installed; its test is skipped" >&2
+fi
 # -c requirements.lock: exactly the tested versions (README, "The dependency lock")
 python -m pip install -q -c requirements.lock -e ".[test]"
 # Two test processes, each taking whole modules (a module keeps its one stack): integration
