@@ -56,10 +56,10 @@ def _open_temp_dirs(tmp_path_factory: pytest.TempPathFactory) -> None:
 # at about the same time. scripts/test.sh passes --no-loadscope-reorder, or xdist would
 # reorder modules by their number of tests.
 LONG_MODULES = {
-    "integration/test_promises.py": 9, "integration/test_promises_two_apis.py": 9,
+    "integration/test_promises.py": 9, "integration/test_promises_two_apis.py": 12,
     "integration/test_edge.py": 6, "integration/test_deploy.py": 5,
     "integration/test_reconcile.py": 6, "integration/test_platform.py": 5,
-    "integration/test_flow_library.py": 4, "integration/test_backup.py": 3,
+    "integration/test_flow_library.py": 4, "integration/test_backup.py": 3.5,
     "integration/test_attacks.py": 3, "integration/test_warm_worker.py": 3,
     "integration/test_flows_account.py": 2, "integration/test_attacks_audit.py": 2,
     "integration/test_external_postgres.py": 1.5, "unit/test_lint.py": 1,
