@@ -1,34 +1,16 @@
-"""The Kubernetes backup CronJob's pruning (jobs/backup_prune.py, standard library only)
-keeps exactly what the local backups' retention keeps (runtime/backup_retention.py)."""
+"""The Kubernetes backup CronJob's pruning (jobs/backup_prune.py, standard library only; the
+local backups apply the same rule through runtime/backup_retention.py, whose expectations
+are in test_backup_pure.py) touches only its own dumps."""
 
 from __future__ import annotations
 
 import os
-import random
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from prefectstack.jobs import backup_prune
-from prefectstack.runtime import backup_retention
-from prefectstack.stack.data_safety import BackupKeep
-
-
-def test_prunes_what_the_local_retention_prunes() -> None:
-    rng = random.Random(13)
-    start = datetime(2025, 1, 1, tzinfo=UTC)
-    for _ in range(200):
-        backups = []
-        for _ in range(rng.randint(0, 60)):
-            when = start + timedelta(minutes=rng.randint(0, 60 * 24 * 500))
-            backups.append((f"prefect-{when:%Y%m%dT%H%M%SZ}.dump", when))
-        backups = list(dict(backups).items())
-        keep = BackupKeep(daily=rng.randint(1, 10), weekly=rng.randint(0, 6),
-                          monthly=rng.randint(0, 8))
-        assert backup_prune.to_prune(backups, keep.daily, keep.weekly, keep.monthly) == (
-            backup_retention.to_prune(backups, keep))
 
 
 def test_main_deletes_only_its_own_dumps_and_old_partials(
