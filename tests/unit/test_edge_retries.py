@@ -8,17 +8,15 @@ probe but drops every other request after reading it (as a process killed with -
 from __future__ import annotations
 
 import socket
-import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
+from caddy_front import caddy_in_front  # tests/unit/caddy_front.py
 
-from prefectstack.runtime.binaries import caddy
 from prefectstack.topology.caddyfile import _proxy
 
 
@@ -72,33 +70,12 @@ class Upstream:
 @pytest.fixture
 def edge(tmp_path: Path) -> Iterator[tuple[str, Upstream, Upstream]]:
     dying, alive = Upstream(dies=True), Upstream(dies=False)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     # "first": the dying process is always chosen first, so every request meets it
     proxy = _proxy([dying.address, alive.address], policy="first")
-    (tmp_path / "Caddyfile").write_text(
-        "{\n\tadmin off\n\tauto_https off\n"
-        f"\tstorage file_system {tmp_path / 'caddy'}\n}}\n"
-        f"http://127.0.0.1:{port} {{\n\thandle {{\n\t\t{proxy}\n\t}}\n}}\n")
-    process = subprocess.Popen(
-        [caddy(), "run", "--adapter", "caddyfile", "--config", str(tmp_path / "Caddyfile")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        env={"HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path)})
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:  # ready when the listener answers (a readiness signal, not a sleep)
-        try:
-            httpx.get(base + "/api/health", timeout=2)
-            break
-        except httpx.TransportError:
-            assert process.poll() is None and time.monotonic() < deadline, "caddy did not start"
-            time.sleep(0.05)
     try:
-        yield base, dying, alive
+        with caddy_in_front(tmp_path, proxy) as base:
+            yield base, dying, alive
     finally:
-        process.terminate()
-        process.wait(timeout=30)
         dying.listener.close()
         alive.listener.close()
 

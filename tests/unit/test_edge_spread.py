@@ -14,10 +14,7 @@ concurrency.
 
 from __future__ import annotations
 
-import socket
-import subprocess
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,8 +22,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from caddy_front import caddy_in_front  # tests/unit/caddy_front.py
 
-from prefectstack.runtime.binaries import caddy
 from prefectstack.topology.caddyfile import _proxy
 
 REQUESTS = 90
@@ -88,31 +85,10 @@ class Upstreams:
 @pytest.fixture
 def edge(tmp_path: Path) -> Iterator[tuple[str, Upstreams]]:
     upstreams = Upstreams()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    (tmp_path / "Caddyfile").write_text(
-        "{\n\tadmin off\n\tauto_https off\n"
-        f"\tstorage file_system {tmp_path / 'caddy'}\n}}\n"
-        f"http://127.0.0.1:{port} {{\n\thandle {{\n\t\t{_proxy(upstreams.addresses)}\n\t}}\n}}\n")
-    process = subprocess.Popen(
-        [caddy(), "run", "--adapter", "caddyfile", "--config", str(tmp_path / "Caddyfile")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        env={"HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path)})
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:  # ready when the listener answers (a readiness signal, not a sleep)
-        try:
-            httpx.get(base + "/api/health", timeout=2)
-            break
-        except httpx.TransportError:
-            assert process.poll() is None and time.monotonic() < deadline, "caddy did not start"
-            time.sleep(0.05)
     try:
-        yield base, upstreams
+        with caddy_in_front(tmp_path, _proxy(upstreams.addresses)) as base:
+            yield base, upstreams
     finally:
-        process.terminate()
-        process.wait(timeout=30)
         upstreams.close()
 
 
