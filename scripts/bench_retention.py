@@ -402,7 +402,7 @@ class Vacuum:
         def clock(tz: str = "UTC") -> datetime:
             return moment
 
-        self.module.now = clock  # what `now("UTC")` in db_vacuum reads
+        self.module.now = clock  # type: ignore[attr-defined]  # `now("UTC")` in db_vacuum
         started = time.monotonic()
         for task in self.tasks:
             await task(db=self.db)
@@ -538,6 +538,25 @@ def workdir() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def dump_figures(cluster: Cluster, work: Path) -> dict[str, Any]:
+    """`pg_dump -Fc` of each database as `prefectstack backup` runs it: seconds and MB."""
+    from prefectstack import tools
+
+    assert cluster.bin_dir is not None
+    out: dict[str, Any] = {}
+    for mode, database in MODES.items():
+        target = work / f"{database}.dump"
+        started = time.monotonic()
+        tools.run([str(cluster.bin_dir / "pg_dump"), "-Fc", "-f", str(target),
+                   "-d", cluster.url(database)], timeout=6 * 3600)
+        out[mode] = {"seconds": round(time.monotonic() - started, 1),
+                     "mb": round(target.stat().st_size / MB, 1)}
+        target.unlink()
+        print(f"pg_dump -Fc of {mode}: {out[mode]['seconds']} s, {out[mode]['mb']} MB",
+              file=sys.stderr)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--days", type=int, default=45)
@@ -546,6 +565,9 @@ def main() -> None:
     parser.add_argument("--logs", type=int, default=10, help="log lines per flow run")
     parser.add_argument("--every", type=int, default=5, help="print every N-th day")
     parser.add_argument("--json", type=Path, default=Path("bench_retention.json"))
+    parser.add_argument("--dump", action="store_true",
+                        help="at the end, time `pg_dump -Fc` of each database (what a backup "
+                             "spends on it) and report its size")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up as on Ctrl-C
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
@@ -562,6 +584,8 @@ def main() -> None:
                 del os.environ[name]
             print(HEADER, file=sys.stderr)
             result = asyncio.run(simulate(cluster, args))
+            if args.dump:
+                result["dump"] = dump_figures(cluster, work)
             postgres = cluster.version()
         finally:
             cluster.stop()

@@ -167,3 +167,19 @@ def test_compose_backend_runs_docker_compose_up(
     assert (target / "docker-compose.yml").is_file()
     assert calls.read_text().splitlines()[-1] == (
         f"compose -f {target / 'docker-compose.yml'} up -d --build")
+
+
+def test_render_warns_that_backup_encryption_and_s3_are_local_only(tmp_path: Path) -> None:
+    path = tmp_path / "stack.yaml"
+    path.write_text(STACK + "backup:\n  s3:\n    bucket: my-backups\n")
+    for target in ("compose", "kubernetes"):
+        result = CliRunner().invoke(cli, ["render", target, "-f", str(path), "-o",
+                                          str(tmp_path / target)], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        assert "warning: backup.s3 is not applied in" in result.stderr, result.stderr
+    plain = tmp_path / "plain" / "stack.yaml"
+    plain.parent.mkdir()
+    plain.write_text(STACK)
+    result = CliRunner().invoke(cli, ["render", "compose", "-f", str(plain)],
+                                catch_exceptions=False)
+    assert result.exit_code == 0 and "warning" not in result.stderr, result.stderr

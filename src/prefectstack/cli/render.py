@@ -36,6 +36,17 @@ def _report(target: str, out_dir: Path, written: list[Path], private: list[str])
         console.out(f"  {rel} holds secrets (mode 0600): keep it out of version control")
 
 
+def _warn_local_only_backup(loaded: LoadedStack, target: str) -> None:
+    """`backup.encrypt` and `backup.s3` are applied by the local backend only: say so, so
+    nobody takes the rendered backups for encrypted or copied off the host."""
+    ignored = [f"backup.{key}" for key in ("encrypt", "s3")
+               if getattr(loaded.stack.backup, key, None)]
+    if ignored:
+        console.warn(f"{' and '.join(ignored)} {'are' if len(ignored) > 1 else 'is'} not "
+                     f"applied in {target}: its backups are written unencrypted to its own "
+                     "volume; copy them off the host yourself (see the rendered README)")
+
+
 @click.group()
 def render() -> None:
     """Write the stack for another target: Docker Compose, Kubernetes, systemd, CI."""
@@ -57,6 +68,7 @@ def render_compose(stack_path: str | None, out: str | None) -> None:
     out_dir = _out_dir(loaded, out, "deploy/compose")
     written = write_project(loaded, out_dir)
     _report("Docker Compose", out_dir, written, [".env"])
+    _warn_local_only_backup(loaded, "Docker Compose")
     console.out(f"  start: cd {out_dir} && docker compose up -d --build")
 
 
@@ -85,6 +97,7 @@ def render_kubernetes(stack_path: str | None, out: str | None, image: str | None
                                                  local_image=local_image))
     written = write_bundle(bundle, out_dir)
     _report("Kubernetes manifests", out_dir, written, sorted(bundle.private))
+    _warn_local_only_backup(loaded, "Kubernetes")
     console.out(f"  apply: kubectl apply -k {out_dir}")
 
 
