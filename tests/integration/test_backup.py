@@ -2,10 +2,11 @@
 order): a restore drill through the edge, and damaged backups that must be refused without
 touching the data.
 
-The drill: seed runs with logs, a variable, a user, API keys (one revoked); back up while
-the stack runs; `down --volumes`; restore; `up`. Every Prefect table's row count was checked
-by the restore against the manifest; here the stable ones are checked again after `up`, the
-key made before the backup authenticates through the edge and the revoked one is refused.
+The drill: seed 200 runs with logs and artifacts, a variable, a user, API keys (one
+revoked); back up while the stack runs; `down --volumes`; restore; `up`. Every Prefect
+table's row count was checked by the restore against the manifest; here the stable ones are
+checked again after `up`, the key made before the backup authenticates through the edge and
+the revoked one is refused.
 The backup the drill restores is encrypted (backup.encrypt) and fetched from an S3 bucket
 (backup.s3: moto's S3 server on 127.0.0.1), so one restore proves both.
 
@@ -38,7 +39,7 @@ from .conftest import cli, free_port, log_problems, stack_yaml
 # default 600 s covers the fixture's start and each test together.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 
-RUNS = 60
+RUNS = 200  # the issue's drill: 200 runs with logs and an artifact each
 LOGS_PER_RUN = 5
 # Tables nothing writes to on its own right after a start (the scheduler adds runs of the
 # examples' schedules, the event persister events; those are checked by the restore itself).
@@ -102,6 +103,9 @@ def seed(drill: Drill) -> None:
                 "flow_id": flow["id"], "name": f"drill-{i}",
                 "state": {"type": "COMPLETED", "name": "Completed"},
             }).raise_for_status().json()
+            api.post("/api/artifacts/", json={
+                "key": f"drill-{i}", "type": "markdown", "data": f"# run {i}",
+                "flow_run_id": run["id"]}).raise_for_status()
             logs += [{"name": "drill", "level": 20, "message": f"run {i} line {n}",
                       "timestamp": (now - timedelta(seconds=n)).isoformat(),
                       "flow_run_id": run["id"]} for n in range(LOGS_PER_RUN)]
@@ -141,6 +145,7 @@ def test_backup_of_the_running_stack(drill: Drill) -> None:
     manifest = result["manifest"]
     assert manifest["row_counts"]["flow_run"] >= RUNS
     assert manifest["row_counts"]["log"] >= RUNS * LOGS_PER_RUN
+    assert manifest["row_counts"]["artifact"] >= RUNS
     assert manifest["auth_counts"]["users"] >= 2  # admin and alice
     assert manifest["postgres_version"][:2].isdigit()
     assert manifest["prefect_version"] and manifest["alembic_version"]
