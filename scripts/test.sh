@@ -23,4 +23,5 @@ python -m pip install -q -c requirements.lock -e ".[test]"
 # Two test processes, each taking whole modules (a module keeps its one stack): integration
 # tests mostly wait on real services, so two stacks side by side fit on two cores.
 # Longest modules first (tests/conftest.py), not xdist's order by number of tests.
-exec python -m pytest -n 2 --dist loadfile --no-loadscope-reorder "$@"
+# --durations: the slowest tests and fixtures, where the suite's time goes.
+exec python -m pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=30 "$@"

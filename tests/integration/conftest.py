@@ -48,12 +48,13 @@ def free_port() -> int:
     raise RuntimeError(f"no free port left in {start}-{start + _RANGE}")
 
 
-def stack_yaml(**ports: int) -> str:
+def stack_yaml(warm: bool = True, **ports: int) -> str:
     """A test stack on free ports; `https`, `http` and `auth` are allocated when not given.
 
-    Its worker is Prefect's stock process worker (`warm: false`), which most modules keep;
-    the conformance round with two API processes and test_warm_worker.py run the default,
-    the warm worker (they drop the line)."""
+    Its worker is the default, the warm worker. `warm=False` gives Prefect's stock process
+    worker, for the modules where it is the subject (the one-API conformance round of
+    test_promises.py, test_reconcile.py's process tree and reaper); it costs several times
+    the CPU per flow run, and the suite is CPU-bound."""
     for name in ("https", "http", "auth"):
         ports.setdefault(name, free_port())
     return f"""\
@@ -76,8 +77,7 @@ workers:
     pool: itest-pool
     limit: 4
     poll_seconds: 2
-    warm: false
-    health_port: {ports["worker"]}
+{"" if warm else "    warm: false" + chr(10)}    health_port: {ports["worker"]}
 examples:
   enabled: true
   interval_seconds: 3600

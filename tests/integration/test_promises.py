@@ -226,9 +226,8 @@ def running_stack(tmp_path_factory: pytest.TempPathFactory, replicas: int,
     root = tmp_path_factory.mktemp(f"promises-{replicas}")
     ports = {k: free_port() for k in ("pg", "redis", "api", "worker", "https", "http", "auth")}
     # The bundled hello example on a short interval: the scheduler must create its runs.
-    text = stack_yaml(**ports).replace("interval_seconds: 3600", "interval_seconds: 20")
-    if warm:
-        text = text.replace("    warm: false\n", "")  # the default
+    text = stack_yaml(warm=warm, **ports).replace("interval_seconds: 3600",
+                                                  "interval_seconds: 20")
     # Two API processes in the second round; a deployment waiting for its concurrency slot is
     # retried after 2 s instead of 30 (a server setting, passed through `api.settings`).
     text = text.replace(f"api:\n  port: {ports['api']}\n", f"""api:

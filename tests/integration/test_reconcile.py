@@ -142,7 +142,9 @@ class Stack:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("reconcile")
     ports = {k: free_port() for k in ("pg", "redis", "api", "worker", "https", "http", "auth")}
-    (root / "stack.yaml").write_text(stack_yaml(**ports) + (
+    # Prefect's stock process worker: its process tree and the reaper are the subject here
+    # (test_warm_worker.py kills the warm worker's children and parent).
+    (root / "stack.yaml").write_text(stack_yaml(warm=False, **ports) + (
         f"reconcile:\n  interval_seconds: {INTERVAL}\n"
         f"  pending_grace_seconds: {PENDING_GRACE}\n"))
     (root / "ports.json").write_text(json.dumps(ports))

@@ -62,8 +62,7 @@ def edited() -> str:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("warm")
     ports = {k: free_port() for k in ("pg", "redis", "api", "worker", "https", "http", "auth")}
-    text = stack_yaml(**ports).replace(
-        "    warm: false\n", "")  # the default: the warm worker
+    text = stack_yaml(**ports)  # the default: the warm worker
     text = text.replace("examples:\n  enabled: true", "examples:\n  enabled: false")
     (root / "stack.yaml").write_text(text)
     (root / "ports.json").write_text(json.dumps(ports))

@@ -311,7 +311,10 @@ def test_shell_dollars_are_escaped_for_compose() -> None:
 def test_postgres_is_tuned_pinned_and_persistent() -> None:
     postgres = render("default")[2]["services"]["postgres"]
     assert postgres["image"].startswith("postgres:") and postgres["image"].count(".") == 0
-    assert postgres["volumes"] == ["pgdata:/var/lib/postgresql/data"]
+    # PostgreSQL 18, as the local stack runs (a backup of either restores into the other);
+    # its image keeps PGDATA under /var/lib/postgresql and refuses a volume at .../data.
+    assert postgres["image"] == "postgres:18-alpine"
+    assert postgres["volumes"] == ["pgdata:/var/lib/postgresql"]
     assert "shared_buffers=256MB" in postgres["command"]
     assert postgres["healthcheck"]["test"][1] == "pg_isready"
 

@@ -47,7 +47,7 @@ def normalize(value: str) -> str:
     value = re.sub(r"^https?://", "SCHEME://", value)
     value = ADDRESS.sub("HOST:PORT", value)
     value = re.sub(r"\$\{dir\.[^}]+\}|/var/lib/prefectstack/auth|/var/lib/prefect|/var/lib/caddy"
-                   r"|/var/lib/postgresql/data|/data", "DIR", value)
+                   r"|/var/lib/postgresql|/data", "DIR", value)
     return re.sub(r"^(127\.0\.0\.1|0\.0\.0\.0)$|^\d{4,5}$", "BIND", value)
 
 

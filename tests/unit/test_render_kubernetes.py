@@ -257,6 +257,14 @@ def test_postgres_is_a_stateful_set_unless_external() -> None:
     _, bundle = render("default")
     postgres = find(bundle, "StatefulSet", "postgres")
     assert postgres["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "pgdata"
+    container = postgres["spec"]["template"]["spec"]["containers"][0]
+    # PostgreSQL 18's image: the claim at /var/lib/postgresql, the data dir below its
+    # lost+found, where the image keeps it; the backup CronJob's pg_dump is the same major.
+    assert container["image"] == "postgres:18-alpine"
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "pgdata")
+    assert mount["mountPath"] == "/var/lib/postgresql"
+    env = find(bundle, "ConfigMap", "postgres-env")["data"]
+    assert env["PGDATA"] == "/var/lib/postgresql/18/docker"
     assert find(bundle, "Service", "postgres")["spec"]["clusterIP"] == "None"
     _, external = render("external-postgres")
     assert not [o for o in objects(external) if o["metadata"]["name"] == "postgres"]

@@ -35,7 +35,9 @@ Image = Literal["prefect", "postgres", "redis", "caddy"]
 CONTAINER_PORTS: dict[str, int] = {"postgres": 5432, "redis": 6379, "api": 4200,
                                    "worker": 8080}
 EDGE_DIR = "/var/lib/caddy"
-VOLUME_PATHS = {"pgdata": "/var/lib/postgresql/data", "redis": "/data", "auth": AUTH_DIR,
+# PostgreSQL 18's image keeps its data in /var/lib/postgresql/18/docker (PGDATA) and refuses
+# a volume at the old /var/lib/postgresql/data: the volume is the parent directory.
+VOLUME_PATHS = {"pgdata": "/var/lib/postgresql", "redis": "/data", "auth": AUTH_DIR,
                 "edge": EDGE_DIR}
 # Config dirs are mounted read-only from the rendered project.
 CONFIG_DIRS = {"edge": "/etc/caddy"}

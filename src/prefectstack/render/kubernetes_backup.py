@@ -18,7 +18,7 @@ from dataclasses import replace
 from typing import Any
 
 from prefectstack.render import kubernetes_pods as pods
-from prefectstack.render.common import APP_UID
+from prefectstack.render.common import APP_UID, POSTGRES_IMAGE
 from prefectstack.render.kubernetes_pods import Context
 from prefectstack.stack.model import Stack
 
@@ -27,7 +27,7 @@ NAME = "backup"
 CLAIM = "backups"
 MOUNT = "/backups"
 STORAGE = "20Gi"
-PG_DUMP_IMAGE = "postgres:18-alpine"
+PG_DUMP_IMAGE = POSTGRES_IMAGE  # pg_dump of the server's major version
 URL = "PREFECTSTACK_DB_URL"
 PRUNE_MODULES = ("prefectstack/__init__.py", "prefectstack/errors.py",
                  "prefectstack/jobs/__init__.py", "prefectstack/jobs/backup_prune.py")

@@ -20,6 +20,7 @@ from prefectstack.render.common import (
     CADDY_IMAGE,
     HOME_DIR,
     IMAGE_PINS,
+    PG_MAJOR,
     POSTGRES_IMAGE,
     REDIS_IMAGE,
     env_name,
@@ -127,8 +128,8 @@ def plain_env(c: Container) -> dict[str, str]:
 def _env(c: Container) -> dict[str, str]:
     env = containers.image_env(c) | c.env
     if c.image == "postgres":
-        # A volume's root has lost+found: the data dir is one level down.
-        env["PGDATA"] = f"{containers.VOLUME_PATHS['pgdata']}/pgdata"
+        # A volume's root has lost+found: the data dir is below it (the image's own default).
+        env["PGDATA"] = f"{containers.VOLUME_PATHS['pgdata']}/{PG_MAJOR}/docker"
     return env
 
 

@@ -5,7 +5,8 @@ installed now, without stopping it.
    the installed Prefect knows (a revision it does not know was made by a newer Prefect).
 2. Back up (`runtime.backup.create`).
 3. Run the migrations: the supervisor runs its `migrate` one-shot again.
-4. Restart the API processes one at a time: the supervisor sends one its stop signal
+4. Restart the API processes one at a time: drain one first (its health check fails, so
+   the edge stops sending it requests), then the supervisor sends it its stop signal
    (uvicorn stops accepting connections and finishes the requests in flight), starts it
    again once it has exited, and the next one waits until it is ready and the edge's
    active health check has seen it answer again.
@@ -21,6 +22,7 @@ the rest talks to the supervisor (runtime/control.py) and, for the drain, to the
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -28,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from prefectstack import topology
 from prefectstack.errors import StackError
+from prefectstack.jobs.api_server import DRAIN_SIGNAL
 from prefectstack.runtime import backend, control, secret_store, state
 from prefectstack.runtime.logfiles import tail_lines
 from prefectstack.stack.loader import LoadedStack
@@ -196,8 +199,11 @@ def apply(loaded: LoadedStack, the_plan: Plan, target: Target | None,
             result.detail = "; ".join(tail_lines(loaded.state_dir / "logs" /
                                                  f"{step.unit}.log", 1))
         elif step.action == "restart":
+            api = _is_api(loaded, step.unit)
+            if api:
+                result.extra["drained"] = drain_api(loaded, step.unit)
             result.extra["ready_seconds"] = restart_unit(loaded, step.unit, "ready")
-            if _is_api(loaded, step.unit):
+            if api:
                 time.sleep(EDGE_RECHECK_SECONDS)  # the edge's health check sees it back
         else:
             if target is None:
@@ -210,6 +216,24 @@ def apply(loaded: LoadedStack, the_plan: Plan, target: Target | None,
 
 def _is_api(loaded: LoadedStack, unit: str) -> bool:
     return any(s.name == unit and s.role == "api" for s in topology.build(loaded.stack))
+
+
+def drain_api(loaded: LoadedStack, unit: str) -> bool:
+    """Take an API process out of the edge's rotation before it restarts: its health check
+    answers 503 from the drain signal on (jobs/api_server.py), and the edge's next check,
+    one interval plus one timeout later at the latest, stops sending it requests. Whatever it
+    was already handling is finished by uvicorn's graceful stop. False if it was not running
+    (nothing to drain)."""
+    svc = _service(running_state(loaded), unit)
+    if svc.state != "ready" or not state.same_process(svc.pid, svc.pid_started):
+        return False
+    assert svc.pid is not None
+    try:
+        os.kill(svc.pid, DRAIN_SIGNAL)
+    except ProcessLookupError:
+        return False
+    time.sleep(EDGE_RECHECK_SECONDS)
+    return True
 
 
 def restart_unit(loaded: LoadedStack, unit: str, want: str,

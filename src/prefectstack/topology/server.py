@@ -34,7 +34,8 @@ def apis(stack: Stack) -> list[Service]:
                 name=name,
                 role="api",
                 kind="daemon",
-                argv=("prefect", "server", "start", "--no-services",
+                # `prefect server start --no-services`, plus a drain (jobs/api_server.py)
+                argv=("python", "-m", "prefectstack.jobs.api_server",
                       "--host", BIND_HOST, "--port", port(name)),
                 env=env,
                 ports=(listen,),
