@@ -99,3 +99,14 @@ class Layout:
     @property
     def compose_dir(self) -> Path:
         return self.root / COMPOSE_DIR
+
+
+# The service accounts of `kubernetes` pools (render/kubernetes_workers.py renders them,
+# jobs/pools.py writes the flow runs' one into each pool's base job template): the workers'
+# (creates the flow-run Jobs), and the flow-run pods' (no rights, no token).
+def kubernetes_worker_account(namespace: str) -> str:
+    return f"{namespace}-kubernetes-worker"
+
+
+def flow_run_account(namespace: str) -> str:
+    return f"{namespace}-flow-run"

@@ -183,3 +183,34 @@ def test_render_warns_that_backup_encryption_and_s3_are_local_only(tmp_path: Pat
     result = CliRunner().invoke(cli, ["render", "compose", "-f", str(plain)],
                                 catch_exceptions=False)
     assert result.exit_code == 0 and "warning" not in result.stderr, result.stderr
+
+
+CLUSTER_STACK = STACK + """\
+workers:
+  - name: worker-1
+    pool: default
+  - name: cluster
+    pool: pods
+    type: kubernetes
+"""
+
+
+@pytest.mark.parametrize("args", [["up", "--detach"], ["render", "compose"],
+                                  ["render", "systemd"], ["up", "--backend", "compose"]])
+def test_targets_without_a_cluster_refuse_a_kubernetes_pool_and_write_nothing(
+        tmp_path: Path, args: list[str]) -> None:
+    (tmp_path / "stack.yaml").write_text(CLUSTER_STACK)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = CliRunner().invoke(cli, [*args, "-f", str(tmp_path / "stack.yaml")])
+    assert isinstance(result.exception, StackError)  # the CLI's error boundary prints it
+    assert "workers cluster: a `kubernetes` pool's runs are Kubernetes Jobs" in str(
+        result.exception)
+    assert "render kubernetes" in (result.exception.hint or "")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no state dir, no files
+
+
+def test_render_kubernetes_takes_a_kubernetes_pool(tmp_path: Path) -> None:
+    (tmp_path / "stack.yaml").write_text(CLUSTER_STACK)
+    invoke("render", "kubernetes", "-f", str(tmp_path / "stack.yaml"),
+           "--output", str(tmp_path / "k8s"))
+    assert (tmp_path / "k8s" / "kubernetes-workers.yaml").exists()

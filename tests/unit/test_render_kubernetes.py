@@ -38,6 +38,10 @@ STACKS: dict[str, dict[str, Any]] = {
         "edge": {"host": "prefect.example.com",
                  "ingress": {"tls": "secret", "secret_name": "wildcard", "class_name": None}},
     },
+    "kubernetes-workers": {
+        "workers": [{"name": "worker-1", "pool": "default"},
+                    {"name": "cluster", "pool": "pods", "type": "kubernetes", "limit": 20}],
+    },
     "external-postgres": {
         "postgres": {
             "mode": "external",
@@ -459,10 +463,15 @@ def test_the_edge_trusts_no_forwarded_address_by_default() -> None:
 def test_only_the_container_that_waits_for_a_job_gets_a_token(
     rendered: tuple[Stack, Bundle],
 ) -> None:
+    """... and the pod of a `kubernetes` pool's worker, which creates Jobs (its own test)."""
+    cluster = {w.name for w in rendered[0].workers if w.type == "kubernetes"}
     for obj in objects(rendered[1]):
         if obj["kind"] not in ("Deployment", "StatefulSet", "Job"):
             continue
         spec = pod(obj)
+        if obj["metadata"]["name"] in cluster:
+            assert spec["automountServiceAccountToken"] is True
+            continue
         assert spec["automountServiceAccountToken"] is False
         for c in [*spec.get("initContainers", []), *spec["containers"]]:
             mounts = {m["name"] for m in c.get("volumeMounts", [])}
@@ -637,3 +646,47 @@ def test_a_warm_worker_finds_its_module_in_the_pod() -> None:
     assert path in {f.split("=", 1)[1] for f in generator["files"]}
     assert path in bundle.copies
     assert "warm/" in dockerfile.PACKAGE_FILES  # the image `--image` names is built with it
+
+
+def test_a_kubernetes_pool_gets_prefects_kubernetes_worker_with_a_role_of_its_own() -> None:
+    """Issue 13, item 14: a pod per flow run, as the prefect-worker chart does."""
+    _, bundle = render("kubernetes-workers")
+    worker = find(bundle, "Deployment", "cluster")
+    spec = pod(worker)
+    main = spec["containers"][0]
+    assert main["image"] == "prefecthq/prefect:3.8.8-python3.11-kubernetes"
+    assert main["args"][:3] == ["prefect", "worker", "start"]
+    assert main["args"][main["args"].index("--type") + 1] == "kubernetes"
+    # Only this pod carries a token, its account's; the process worker's pod has none.
+    assert spec["serviceAccountName"] == "prefectstack-kubernetes-worker"
+    assert spec["automountServiceAccountToken"] is True
+    assert pod(find(bundle, "Deployment", "worker-1"))["automountServiceAccountToken"] is False
+    # Its Role: Jobs, and reading their pods, logs and events, in this namespace only.
+    role = find(bundle, "Role", "prefectstack-kubernetes-worker")
+    assert role["metadata"]["namespace"] == "prefectstack"
+    granted = {(group, resource, verb) for rule in role["rules"]
+               for group in rule["apiGroups"] for resource in rule["resources"]
+               for verb in rule["verbs"]}
+    assert ("batch", "jobs", "create") in granted
+    assert ("", "pods", "list") in granted
+    assert not any(resource in ("secrets", "configmaps", "serviceaccounts", "roles",
+                                "rolebindings", "pods/exec") for _, resource, _ in granted)
+    assert not [o for o in objects(bundle) if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    binding = find(bundle, "RoleBinding", "prefectstack-kubernetes-worker")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "namespace": "prefectstack",
+                                    "name": "prefectstack-kubernetes-worker"}]
+    # The flow runs' account: no token, no binding.
+    flow_runs = find(bundle, "ServiceAccount", "prefectstack-flow-run")
+    assert flow_runs["automountServiceAccountToken"] is False
+    assert not [o for o in objects(bundle) if o["kind"] == "RoleBinding"
+                and o["roleRef"]["name"] == "prefectstack-flow-run"]
+    # The pools Job creates the pool as a kubernetes pool in this namespace.
+    pools = find(bundle, "Job", "pools")
+    assert "pods:kubernetes:prefectstack" in pod(pools)["containers"][0]["args"]
+    assert "default" in pod(pools)["containers"][0]["args"]
+
+
+def test_no_kubernetes_worker_objects_without_a_kubernetes_pool() -> None:
+    _, bundle = render("default")
+    assert "kubernetes-workers.yaml" not in bundle.files
+    assert not [o for o in objects(bundle) if "kubernetes-worker" in o["metadata"]["name"]]

@@ -63,8 +63,10 @@ def render_compose(stack_path: str | None, out: str | None) -> None:
     """docker-compose.yml, Caddyfile, .env, Dockerfile and README (default: deploy/compose)."""
     from prefectstack.runtime.compose import write_project
     from prefectstack.stack.loader import load_stack
+    from prefectstack.topology import check_target
 
     loaded = load_stack(stack_path)
+    check_target(loaded.stack, "Docker Compose")
     out_dir = _out_dir(loaded, out, "deploy/compose")
     written = write_project(loaded, out_dir)
     _report("Docker Compose", out_dir, written, [".env"])
@@ -114,8 +116,10 @@ def render_systemd(stack_path: str | None, out: str | None, user: str | None) ->
     from prefectstack.render import systemd
     from prefectstack.runtime.bundle import write_bundle
     from prefectstack.stack.loader import load_stack
+    from prefectstack.topology import check_target
 
     loaded = load_stack(stack_path)
+    check_target(loaded.stack, "`prefectstack up` under systemd")
     out_dir = _out_dir(loaded, out, "deploy/systemd")
     found = shutil.which("prefectstack")
     executable = str(Path(found).resolve()) if found else f"{sys.executable} -m prefectstack"

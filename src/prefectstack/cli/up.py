@@ -88,6 +88,8 @@ def up(stack_path: str | None, detach: bool, backend_name: str) -> None:
     from prefectstack.stack.loader import load_stack
 
     loaded = load_stack(stack_path)
+    topology.check_target(loaded.stack, "Docker Compose" if backend_name == backend.COMPOSE
+                          else "`prefectstack up`")
     backend.check_can_start(loaded.state_dir, backend_name)
     if backend_name == backend.COMPOSE:
         from prefectstack.runtime import compose

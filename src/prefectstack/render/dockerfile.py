@@ -26,6 +26,7 @@ PACKAGE_FILES = (
     "errors.py",
     "apikeys.py",
     "layout.py",
+    "prefect_api.py",  # the one-shots' client of Prefect's API (httpx)
     "jobs/",
     "auth/",
     "flows/",

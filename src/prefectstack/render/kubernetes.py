@@ -13,7 +13,7 @@ from importlib import resources
 from typing import Any
 
 from prefectstack import topology
-from prefectstack.render import containers, kubernetes_policy
+from prefectstack.render import containers, kubernetes_policy, kubernetes_workers
 from prefectstack.render import kubernetes_backup as backup
 from prefectstack.render import kubernetes_edge as edge_pods
 from prefectstack.render import kubernetes_ingress as ingress
@@ -33,6 +33,7 @@ from prefectstack.render.containers import Container, Plan
 from prefectstack.render.dockerfile import PACKAGE_FILES
 from prefectstack.render.kubernetes_pods import Context
 from prefectstack.stack.model import Stack
+from prefectstack.topology.clients import cluster_workers
 from prefectstack.topology.placeholders import secret_refs
 
 UPSTREAMS = "PREFECTSTACK_API_UPSTREAMS"  # where the auth service relays websockets
@@ -66,7 +67,9 @@ def render(stack: Stack, secrets: Mapping[str, str], *, image: str | None = None
     installed = image is None and not local_image
     app_files = _app_files() if installed else None
     app_image = image or (image_tag(stack.name) if local_image else PREFECT_BASE_IMAGE)
-    ctx = Context(stack.name, app_image, the_plan, f"{stack.name}-secrets", app_files)
+    cluster = frozenset(cluster_workers(stack))
+    ctx = Context(stack.name, app_image, the_plan, f"{stack.name}-secrets", app_files,
+                  cluster)
     front = ingress.Front(stack, ctx)
     docs = _workloads(ctx, front)
     docs[monitoring.FILE] = monitoring.objects(ctx, stack)
@@ -75,6 +78,8 @@ def render(stack: Stack, secrets: Mapping[str, str], *, image: str | None = None
     docs["secret.yaml"] = [_secret(ctx, {n: values[n] for n in sorted(needed)})]
     docs["configmaps.yaml"] = _configmaps(ctx, front)
     docs["rbac.yaml"] = _rbac(ctx)
+    if cluster:
+        docs[kubernetes_workers.FILE] = kubernetes_workers.objects(ctx.namespace, ctx.meta)
     docs["networkpolicy.yaml"] = kubernetes_policy.network_policies(
         ctx, monitoring=stack.monitoring.enabled, backup=backup.enabled(stack))
     docs.update(front.files())

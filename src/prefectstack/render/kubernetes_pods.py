@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from prefectstack import topology
-from prefectstack.render import containers
+from prefectstack.render import containers, kubernetes_workers
 from prefectstack.render.common import (
     APP_DIR,
     APP_UID,
@@ -61,7 +61,8 @@ class Context:
     """What every object of one stack shares: names, labels, images, the plan."""
 
     def __init__(self, namespace: str, app_image: str, the_plan: Plan, secret: str,
-                 app_files: dict[str, str] | None = None) -> None:
+                 app_files: dict[str, str] | None = None,
+                 cluster_workers: frozenset[str] = frozenset()) -> None:
         """`app_files`: ConfigMap key -> path under APP_DIR of prefectstack's modules and
         flows, when `app_image` is the published Prefect image (installed at start); None
         when it is an image built from our Dockerfile."""
@@ -70,6 +71,7 @@ class Context:
         self.plan = the_plan
         self.secret = secret
         self.app_files = app_files
+        self.cluster_workers = cluster_workers  # workers of `kubernetes` pools
         self.by_name = {c.name: c for c in the_plan.containers}
         self.jobs: dict[str, str] = {}  # one-shot container -> its Job's name
 
@@ -78,6 +80,8 @@ class Context:
         return f"{self.namespace}-app"
 
     def image(self, c: Container) -> str:
+        if c.name in self.cluster_workers:
+            return kubernetes_workers.IMAGE
         images = {"postgres": POSTGRES_IMAGE, "redis": REDIS_IMAGE, "caddy": CADDY_IMAGE}
         return images.get(c.image, self.app_image)
 
@@ -337,6 +341,8 @@ def pod_spec(ctx: Context, c: Container, init: list[Container]) -> dict[str, Any
     }
     if waits_for_job:
         spec["serviceAccountName"] = f"{ctx.namespace}-waiter"
+    if c.name in ctx.cluster_workers:  # its Role also lets its readiness wait read Jobs
+        spec.update(kubernetes_workers.pod_settings(ctx.namespace))
     if inits:
         spec["initContainers"] = inits
     spec["containers"] = [container_spec(ctx, c)]

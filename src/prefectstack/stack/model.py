@@ -205,8 +205,12 @@ class WorkerConfig(StrictModel):
 
     name: Name = Field(description="Worker name, unique in the stack (lowercase, digits, dashes).")
     pool: Name = Field(description="Work pool the worker polls; created if missing.")
-    type: Literal["process"] = Field(
-        "process", description="Work pool type. Local workers run `process` pools."
+    type: Literal["process", "kubernetes"] = Field(
+        "process",
+        description="Work pool type. `process`: each flow run is a process beside the worker "
+        "(every target). `kubernetes`: each flow run is a Kubernetes Job in the stack's "
+        "namespace, created by Prefect's Kubernetes worker (`render kubernetes` only; `up` "
+        "and `render compose` refuse it).",
     )
     limit: int | None = Field(None, ge=1, description="Maximum concurrent flow runs.")
     health_port: Port | None = Field(
@@ -230,6 +234,13 @@ class WorkerConfig(StrictModel):
         description="Modules the warm worker's parent imports once, before forking runs "
         "(libraries your flows use; never the flows' own modules, which must load fresh).",
     )
+
+    @model_validator(mode="after")
+    def _preload_needs_the_warm_worker(self) -> WorkerConfig:
+        if self.preload and self.type != "process":
+            raise ValueError("`preload` is for the warm worker of a `process` pool; a "
+                             "`kubernetes` pool's runs start in pods of their own image")
+        return self
 
 
 class ExamplesConfig(StrictModel):
@@ -348,6 +359,13 @@ class Stack(StrictModel):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"worker names must be unique; repeated: {', '.join(dupes)}")
+        kinds: dict[str, set[str]] = {}
+        for w in workers:
+            kinds.setdefault(w.pool, set()).add(w.type)
+        mixed = sorted(pool for pool, types in kinds.items() if len(types) > 1)
+        if mixed:
+            raise ValueError(f"pool {', '.join(mixed)} has workers of different types; a pool "
+                             "has one type: give the others a pool of their own")
         return workers
 
     @field_validator("examples")
@@ -357,12 +375,17 @@ class Stack(StrictModel):
     ) -> ExamplesConfig:
         if "workers" not in info.data:  # workers were invalid; that error is reported instead
             return examples
-        pools = {w.pool for w in info.data["workers"]}
+        pools = {w.pool for w in info.data["workers"] if w.type == "process"}
+        # The examples' flows are files beside the stack's process workers (the image's
+        # flows directory in the containers); a Kubernetes pool's pods do not have them.
         if examples.enabled and examples.pool and examples.pool not in pools:
             raise ValueError(
-                f"pool `{examples.pool}` has no worker; "
+                f"pool `{examples.pool}` has no `process` worker; "
                 f"use one of: {', '.join(sorted(pools)) or '(add a worker)'}"
             )
+        if examples.enabled and not pools and info.data["workers"]:
+            raise ValueError("the examples run on a `process` worker and the stack has none: "
+                             "add one, or set examples.enabled: false")
         return examples
 
     @model_validator(mode="after")

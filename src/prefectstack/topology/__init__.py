@@ -16,6 +16,7 @@ import dataclasses
 
 from prefectstack.stack.model import Stack
 from prefectstack.topology import clients, data, edge, server
+from prefectstack.topology.clients import check_target
 from prefectstack.topology.placeholders import directory, secret
 from prefectstack.topology.service import (
     LOOPBACK,
@@ -41,7 +42,8 @@ from prefectstack.topology.settings import (
 __all__ = [
     "API_DOCKET_NAME", "EDGE_CA_FILE", "ESSENTIAL_ROLES", "LOOPBACK", "SERVICES_DOCKET_NAME",
     "SERVICES_PROCESS",
-    "Probe", "RestartPolicy", "Role", "Service", "api_ports", "build", "directory",
+    "Probe", "RestartPolicy", "Role", "Service", "api_ports", "build", "check_target",
+    "directory",
     "external_values", "generated_secret_names", "order", "public_url", "redis_env", "secret",
     "secret_names", "worker_health_port",
 ]

@@ -4,6 +4,7 @@ the one-shot that registers the example deployments."""
 from __future__ import annotations
 
 from prefectstack.accounts import flows_account
+from prefectstack.errors import StackError
 from prefectstack.stack.model import Stack
 from prefectstack.topology import stack_secrets
 from prefectstack.topology.placeholders import BIND_HOST, port
@@ -16,15 +17,33 @@ from prefectstack.topology.settings import (
 )
 
 
+def cluster_workers(stack: Stack) -> set[str]:
+    """The workers that need a Kubernetes cluster: the ones of `kubernetes` pools."""
+    return {w.name for w in stack.workers if w.type == "kubernetes"}
+
+
+def check_target(stack: Stack, target: str) -> None:
+    """Refuse a stack the target cannot run: `kubernetes` pools need a cluster."""
+    if target != "kubernetes" and cluster_workers(stack):
+        names = ", ".join(sorted(cluster_workers(stack)))
+        raise StackError(
+            f"workers {names}: a `kubernetes` pool's runs are Kubernetes Jobs, which {target} "
+            "cannot run",
+            hint="`prefectstack render kubernetes` renders them; for this target use "
+                 "`type: process` or leave those workers out")
+
+
 def workers(stack: Stack) -> list[Service]:
     out = []
     for i, worker in enumerate(stack.workers):
         listen = worker_health_port(stack, i)
         home = f"home-{worker.name}"
         # The warm worker takes `prefect worker start`'s arguments (it runs that command
-        # with its own worker class for `process` pools).
+        # with its own worker class for `process` pools). A `kubernetes` pool's worker is
+        # Prefect's own (prefect-kubernetes): it starts Jobs, not processes.
         launcher = (
-            ("python", "-m", "prefectstack.warm.worker") if worker.warm
+            ("python", "-m", "prefectstack.warm.worker")
+            if worker.warm and worker.type == "process"
             else ("prefect", "worker", "start")
         )
         argv: tuple[str, ...] = (
@@ -38,7 +57,7 @@ def workers(stack: Stack) -> list[Service]:
             "PREFECT_WORKER_WEBSERVER_PORT": port(worker.name),
             "PREFECT_WORKER_QUERY_SECONDS": f"{worker.poll_seconds:g}",
         }
-        if worker.preload:
+        if worker.preload and worker.type == "process":
             env["PREFECTSTACK_WARM_PRELOAD"] = ",".join(worker.preload)
         out.append(
             Service(
@@ -65,7 +84,10 @@ def pools(stack: Stack) -> list[Service]:
     """Create the work pools of the stack's workers before the workers start."""
     if not stack.workers:
         return []
-    names = sorted({w.pool for w in stack.workers})
+    # `NAME` (a process pool) or `NAME:kubernetes:NAMESPACE` (jobs/pools.py)
+    kinds = {w.pool: w.type for w in stack.workers}
+    names = [name if kind == "process" else f"{name}:{kind}:{stack.name}"
+             for name, kind in sorted(kinds.items())]
     return [
         Service(
             name="pools",
@@ -84,7 +106,10 @@ def pools(stack: Stack) -> list[Service]:
 def examples(stack: Stack) -> list[Service]:
     if not stack.examples.enabled or not stack.workers:
         return []
-    pool = stack.examples.pool or stack.workers[0].pool
+    process = [w for w in stack.workers if w.type == "process"]
+    if not process:
+        return []
+    pool = stack.examples.pool or process[0].pool
     env = client_env(stack, "home-examples", stack_secrets.DEPLOYER_API_KEY) | {
         "PREFECTSTACK_EXAMPLES_POOL": pool,
         "PREFECTSTACK_EXAMPLES_INTERVAL": str(stack.examples.interval_seconds),
