@@ -6,7 +6,8 @@ run's infrastructure pid; task runs and logs (print and logging) reach the API; 
 the child and ends the run Cancelled; a child killed with -9 ends Crashed and the worker
 carries on; a forkserver killed with -9 takes its runs down as Crashed and is restarted;
 job variables `env` and `working_dir`, flow timeouts and retries work; an edited flow file
-takes effect on the next run (the flow's modules load in the child, never in the parent).
+takes effect on the next run (the flow's modules load in the child, never in the parent),
+and so does a new commit to a flow pulled from git (pull steps).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -191,6 +193,45 @@ def test_edited_flow_code_takes_effect_on_the_next_run(stack: Stack) -> None:
     second = _run(stack, "edited/edited")
     assert stack.finished(second)["state"]["type"] == "COMPLETED"
     _log(stack, second, r"edited version v2")
+
+
+def _git(*args: str, cwd: Path) -> None:
+    subprocess.run(["git", "-c", "user.name=itest", "-c", "user.email=itest@localhost",
+                    "-c", "init.defaultBranch=main", *args],
+                   cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def test_a_flow_from_git_pull_steps_runs_and_a_new_commit_takes_effect(stack: Stack) -> None:
+    """Prefect's `git_clone` pull step, run in the forked child: each run clones the
+    repository afresh, so a commit pushed between two runs is what the second one runs."""
+    work, bare = stack.root / "git-work", stack.root / "git-flows.git"
+    work.mkdir()
+    _git("init", "--bare", str(bare), cwd=stack.root)
+    _git("init", cwd=work)
+    (work / "git_flow.py").write_text(EDITED.format(version="git-v1"))
+    _git("add", "git_flow.py", cwd=work)
+    _git("commit", "-m", "v1", cwd=work)
+    _git("push", str(bare), "HEAD:main", cwd=work)
+    flow = stack.post("/flows/", {"name": "edited"}, role="developer")
+    stack.post("/deployments/", {
+        "name": "from-git", "flow_id": flow["id"], "work_pool_name": POOL,
+        "entrypoint": "git_flow.py:edited",
+        "pull_steps": [{"prefect.deployments.steps.git_clone": {
+            "repository": f"file://{bare}", "branch": "main"}}],
+        # Git refuses a repository another account owns (CVE-2022-24765): run as root, the
+        # stack's flow runs are the flows account and the test's repository is root's.
+        "job_variables": {"env": {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "safe.directory",
+                                  "GIT_CONFIG_VALUE_0": "*"}},
+    }, role="developer")
+    first = _run(stack, "edited/from-git")
+    assert stack.finished(first)["state"]["type"] == "COMPLETED", stack.logs(first)
+    _log(stack, first, r"edited version git-v1")
+    (work / "git_flow.py").write_text(EDITED.format(version="git-v2"))
+    _git("commit", "-am", "v2", cwd=work)
+    _git("push", str(bare), "HEAD:main", cwd=work)
+    second = _run(stack, "edited/from-git")
+    assert stack.finished(second)["state"]["type"] == "COMPLETED", stack.logs(second)
+    _log(stack, second, r"edited version git-v2")
 
 
 def test_flow_timeout_and_task_retries(stack: Stack) -> None:
