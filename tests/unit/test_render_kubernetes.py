@@ -331,11 +331,12 @@ def test_each_network_policy_admits_exactly_the_flows_the_topology_needs() -> No
     """Written out by hand from the topology (not from the renderer): PostgreSQL and Redis
     serve the server's processes (PostgreSQL the backup CronJob too), the API serves the
     edge and the auth service's websocket relay (and, with replicas, the other API pods'
-    readiness wait; with monitoring, Prometheus), auth serves the edge, Prometheus serves
+    readiness wait; with monitoring, Prometheus), auth serves the edge (and the backup
+    CronJob, which fetches the auth store), Prometheus serves
     Grafana and Grafana nobody. Workers, pools and examples reach none of them."""
     assert policies(render("default")[1]) == {
         "postgres": SERVER, "redis": ["api", "migrate", "services"],
-        "api": ["auth", "edge"], "auth": ["edge"]}
+        "api": ["auth", "edge"], "auth": ["backup", "edge"]}
     assert policies(render("three-apis")[1])["api"] == ["api", "auth", "edge"]
     # Without the edge the workers reach the API, but still not PostgreSQL or Redis.
     assert policies(render("no-edge")[1]) == {
@@ -343,7 +344,7 @@ def test_each_network_policy_admits_exactly_the_flows_the_topology_needs() -> No
     assert "postgres" not in policies(render("external-postgres")[1])
     assert policies(render("monitoring")[1]) == {
         "postgres": SERVER, "redis": ["api", "migrate", "services"],
-        "api": ["api", "auth", "edge", "prometheus"], "auth": ["edge"],
+        "api": ["api", "auth", "edge", "prometheus"], "auth": ["backup", "edge"],
         "prometheus": ["grafana"], "grafana": []}
 
 
@@ -613,8 +614,19 @@ def test_backup_cron_job_follows_the_stacks_backup_policy() -> None:
     assert claim["persistentVolumeClaim"]["claimName"] == find(
         bundle, "PersistentVolumeClaim", "backups")["metadata"]["name"]
     assert "backup" in policies(bundle)["postgres"]
+    # The auth store, fetched from the auth service with the backup token from the Secret,
+    # which only the auth container and this one get; the auth pod lets the backup in.
+    auth = spec["initContainers"][1]
+    assert auth["name"] == "auth" and "/auth/backup" in auth["command"][2]
+    token = {e["name"]: e for e in auth["env"]}["PREFECTSTACK_AUTH_BACKUP_TOKEN"]
+    assert token["valueFrom"]["secretKeyRef"]["key"] == "auth_backup_token"
+    assert "$(" not in auth["command"][2]
+    holders = sorted(o["metadata"]["name"] for o in objects(bundle)
+                     if "auth_backup_token" in str(o) and o["kind"] != "Secret")
+    assert holders == ["auth", "backup"], holders
+    assert "backup" in policies(bundle)["auth"]
     readme = bundle.files["README.md"]
-    assert "30 1 * * 0" in readme and "auth service's store" in readme
+    assert "30 1 * * 0" in readme and "auth-STAMP.db" in readme
     # external PostgreSQL: the same dump, against the stack file's server
     _, external = render("external-postgres")
     dump = pod(find(external, "CronJob", "backup")["spec"]["jobTemplate"])["initContainers"][0]
@@ -629,6 +641,8 @@ def test_backup_cron_job_follows_the_stacks_backup_policy() -> None:
     bundle = kubernetes.render(off, fake_secrets(off))
     assert not [o for o in objects(bundle) if o["kind"] == "CronJob"]
     assert "backup" not in policies(bundle)["postgres"]
+    assert "backup" not in policies(bundle)["auth"]
+    assert "auth_backup_token" not in str(objects(bundle))  # no route, no token
 
 
 def test_a_warm_worker_finds_its_module_in_the_pod() -> None:

@@ -195,7 +195,7 @@ def test_no_literal_secrets_only_placeholders(data: dict[str, Any]) -> None:
     assert topology.secret_names(services) - {
         "postgres_password", "postgres_superuser_password", "redis_password",
     } <= {"admin_password", "worker_api_key", "deployer_api_key", "api_password",
-          "edge_secret"}
+          "edge_secret", "auth_backup_token"}
 
 
 @stacks

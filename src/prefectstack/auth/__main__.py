@@ -19,6 +19,7 @@ from prefectstack.auth.audit import AuditLog, retention_days_from
 from prefectstack.auth.gate import Gate
 from prefectstack.auth.roles import Role
 from prefectstack.auth.store import Store
+from prefectstack.auth.store_backup import TOKEN_ENV
 from prefectstack.auth.throttle import Throttle
 from prefectstack.layout import AUDIT_FILE
 
@@ -54,7 +55,9 @@ def main() -> None:
     )
     upstreams = os.environ.get("PREFECTSTACK_API_UPSTREAMS", "").split()
     audit = AuditLog(directory / AUDIT_FILE, retention_days=retention_days_from(os.environ))
-    app = Gate(create_app(store, audit, Throttle(), config, api_upstreams=upstreams), audit,
+    backup_token = os.environ.get(TOKEN_ENV) or None
+    app = Gate(create_app(store, audit, Throttle(), config, api_upstreams=upstreams,
+                          backup_token=backup_token), audit,
                edge_secret=os.environ.get("PREFECTSTACK_EDGE_SECRET"))
     # Websockets: the relay for Prefect's websockets (forward_auth's own checks of a
     # handshake arrive without their Upgrade header, as plain HTTP).

@@ -29,6 +29,7 @@ from prefectstack.auth.policy import Decision, decide, split_uri
 from prefectstack.auth.pools import PoolOf, PoolScope
 from prefectstack.auth.relay import Relay, Upstreams
 from prefectstack.auth.store import SESSION_SECONDS, Identity, Store
+from prefectstack.auth.store_backup import BACKUP_PATH, StoreBackup
 from prefectstack.auth.throttle import Throttle
 
 USER_HEADER = "X-Prefectstack-User"
@@ -438,9 +439,11 @@ def create_app(
     clock: Callable[[], float] = time.time,
     api_upstreams: Sequence[str] = (),
     recheck_seconds: float | None = None,
+    backup_token: str | None = None,
 ) -> Starlette:
     """The auth service; with `api_upstreams` (the API processes' `host:port`) also the
-    websocket relay that Caddy sends Prefect's websocket upgrades under /api/ to."""
+    websocket relay that Caddy sends Prefect's websocket upgrades under /api/ to; with
+    `backup_token` also `GET /auth/backup` (auth/store_backup.py)."""
     service = AuthService(store, audit, throttle, config or AuthConfig(), clock)
     routes: list[BaseRoute] = [
         Route("/auth/verify", service.verify, methods=["GET"]),
@@ -448,6 +451,9 @@ def create_app(
         Route(LOGIN_PATH, service.login, methods=["POST"]),
         Route("/auth/logout", service.logout, methods=["POST"]),
     ]
+    if backup_token:
+        backup = StoreBackup(store.path, backup_token, audit, clock)
+        routes.append(Route(BACKUP_PATH, backup.handle, methods=["GET"]))
     if api_upstreams:
         upstreams = Upstreams(api_upstreams)
         service.pool_scope = PoolScope(pool_lookup(upstreams, service.config.api_authorization))

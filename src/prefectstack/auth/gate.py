@@ -33,7 +33,9 @@ from prefectstack.auth import credentials as creds
 from prefectstack.auth.audit import AuditLog, Record, now_iso
 
 EDGE_HEADER = "X-Prefectstack-Edge"  # topology/caddyfile.py sets it (a test keeps them equal)
-OPEN = frozenset({("GET", "/auth/login"), ("HEAD", "/auth/login")})  # the readiness probe
+# The readiness probe, and the auth store's backup, which checks a token of its own
+# (auth/store_backup.py; it exists only when that token is configured).
+OPEN = frozenset({("GET", "/auth/login"), ("HEAD", "/auth/login"), ("GET", "/auth/backup")})
 
 log = logging.getLogger("prefectstack.auth")
 

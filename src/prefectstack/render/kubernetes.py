@@ -81,7 +81,8 @@ def render(stack: Stack, secrets: Mapping[str, str], *, image: str | None = None
     if cluster:
         docs[kubernetes_workers.FILE] = kubernetes_workers.objects(ctx.namespace, ctx.meta)
     docs["networkpolicy.yaml"] = kubernetes_policy.network_policies(
-        ctx, monitoring=stack.monitoring.enabled, backup=backup.enabled(stack))
+        ctx, monitoring=stack.monitoring.enabled, backup=backup.enabled(stack),
+        backup_auth=backup.covers_auth(ctx, stack))
     docs.update(front.files())
     order = ["namespace.yaml", "secret.yaml", "configmaps.yaml", "rbac.yaml",
              *[name for name in docs if name not in _FIXED], "ingress.yaml"]

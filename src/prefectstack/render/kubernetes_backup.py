@@ -7,9 +7,12 @@ of each of the last N days, ISO weeks and months: `jobs/backup_prune.py`). pg_du
 from the newest PostgreSQL image: it dumps every older server (the embedded one and an
 external one alike), while an older pg_dump refuses a newer server.
 
-What it does not cover, said in the README: the auth store (a SQLite file on the auth pod's
-ReadWriteOnce claim), `backup.encrypt` and `backup.s3` (the dumps stay unencrypted on the
-claim) and the Secret (which your secret manager or these manifests hold).
+The auth store (users and API keys, SQLite on the auth pod's ReadWriteOnce claim, which no
+other pod can mount) is fetched from the auth service in the same Job: `GET /auth/backup`
+with the stack's `auth_backup_token` (auth/store_backup.py), an online copy, `auth-STAMP.db`.
+What it does not cover, said in the README: the audit log, the edge's storage,
+`backup.encrypt` and `backup.s3` (the files stay unencrypted on the claim) and the Secret
+(which your secret manager or these manifests hold).
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ MOUNT = "/backups"
 STORAGE = "20Gi"
 PG_DUMP_IMAGE = POSTGRES_IMAGE  # pg_dump of the server's major version
 URL = "PREFECTSTACK_DB_URL"
+TOKEN = "PREFECTSTACK_AUTH_BACKUP_TOKEN"
+AUTH_ADDRESS = "PREFECTSTACK_AUTH_ADDRESS"
 PRUNE_MODULES = ("prefectstack/__init__.py", "prefectstack/errors.py",
                  "prefectstack/jobs/__init__.py", "prefectstack/jobs/backup_prune.py")
 
@@ -81,6 +86,44 @@ def _dump(ctx: Context) -> dict[str, Any]:
     }
 
 
+# The auth store, fetched from the auth service (its claim is the auth pod's alone): wget is
+# in the image's busybox. The token comes from the Secret, never from the command line.
+AUTH_SCRIPT = f"""\
+set -eu
+file={MOUNT}/auth-`date -u +%Y%m%dT%H%M%SZ`.db
+if ! wget -q -O "$file.partial" --header "Authorization: Bearer ${{{TOKEN}}}" \\
+    "http://${{{AUTH_ADDRESS}}}/auth/backup"; then
+  rm -f "$file.partial"
+  echo "backup of the auth store failed" >&2
+  exit 1
+fi
+mv "$file.partial" "$file"
+echo "backup written: $file"
+"""
+
+
+def _auth(ctx: Context) -> dict[str, Any] | None:
+    auth = ctx.by_name.get("auth")
+    if auth is None or TOKEN not in auth.env:
+        return None
+    source = replace(auth, command=(), env={TOKEN: auth.env[TOKEN]})
+    return {
+        "name": "auth",
+        "image": PG_DUMP_IMAGE,
+        "command": ["sh", "-c", AUTH_SCRIPT],
+        "env": [*pods.env_list(ctx, source, source.env),
+                {"name": AUTH_ADDRESS, "value": f"auth:{auth.port}"}],
+        "resources": pods.resources("other"),
+        "securityContext": pods.container_security(),
+        "volumeMounts": [{"name": CLAIM, "mountPath": MOUNT},
+                         {"name": "tmp", "mountPath": "/tmp"}],
+    }
+
+
+def covers_auth(ctx: Context, stack: Stack) -> bool:
+    return enabled(stack) and _auth(ctx) is not None
+
+
 def _prune(ctx: Context, stack: Stack) -> dict[str, Any]:
     keep = stack.backup.keep
     spec: dict[str, Any] = {
@@ -116,7 +159,7 @@ def _cron_job(ctx: Context, stack: Stack) -> dict[str, Any]:
         "securityContext": {"runAsNonRoot": True, "runAsUser": APP_UID, "runAsGroup": APP_UID,
                             "fsGroup": APP_UID, "seccompProfile": {"type": "RuntimeDefault"}},
         "restartPolicy": "OnFailure",
-        "initContainers": [_dump(ctx)],
+        "initContainers": [_dump(ctx), *([auth] if (auth := _auth(ctx)) else [])],
         "containers": [_prune(ctx, stack)],
         "volumes": volumes,
     }
@@ -153,12 +196,14 @@ None here: `backup.enabled` is false in the stack file.
     return f"""
 ## Backups
 
-The `{NAME}` CronJob dumps the Prefect database (`pg_dump --format=custom`) onto the
-`{CLAIM}` PersistentVolumeClaim ({STORAGE}) on `{stack.backup.schedule}` (UTC), then keeps the
-newest dump of each of the last {keep.daily} days, {keep.weekly} ISO weeks and {keep.monthly} \
-months (`backup.keep`).{extra}
-It does not cover the auth service's store (users, API keys, audit log: a SQLite file on
-the `auth` pod's own claim; snapshot that claim with your storage's tools) nor the Secret.
+The `{NAME}` CronJob dumps the Prefect database (`pg_dump --format=custom`,
+`prefect-STAMP.dump`) and fetches an online copy of the auth service's store (users and API
+keys, `auth-STAMP.db`, from `GET /auth/backup` with the generated `auth_backup_token`; the
+edge never forwards that path) onto the `{CLAIM}` PersistentVolumeClaim ({STORAGE}) on
+`{stack.backup.schedule}` (UTC), then keeps the newest of each kind for each of the last
+{keep.daily} days, {keep.weekly} ISO weeks and {keep.monthly} months (`backup.keep`).{extra}
+It does not cover the audit log (on the `auth` pod's claim), the edge's storage (its CA;
+with `tls: edge` also its ACME state) nor the Secret: keep a copy of `secret.yaml`.
 A backup now:
 
     kubectl -n {ctx.namespace} create job --from=cronjob/{NAME} {NAME}-now

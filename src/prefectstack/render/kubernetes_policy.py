@@ -37,11 +37,12 @@ def flows(the_plan: Plan) -> dict[str, set[str]]:
     return out
 
 
-def network_policies(ctx: Context, *, monitoring: bool = False,
-                     backup: bool = False) -> list[dict[str, Any]]:
+def network_policies(ctx: Context, *, monitoring: bool = False, backup: bool = False,
+                     backup_auth: bool = False) -> list[dict[str, Any]]:
     """`monitoring`: Prometheus scrapes the API pods and only Grafana queries Prometheus;
     nothing connects to Grafana (`kubectl port-forward` does not pass through the network).
-    `backup`: the backup CronJob's pods dump PostgreSQL."""
+    `backup`: the backup CronJob's pods dump PostgreSQL; `backup_auth`: they also fetch the
+    auth store from the auth service."""
     guarded: list[str] = ["postgres", "redis", "api", "auth"] if ctx.plan.edge else [
         "postgres", "redis"]
     needed: dict[str, set[str]] = {k: set(v) for k, v in flows(ctx.plan).items()}
@@ -53,6 +54,8 @@ def network_policies(ctx: Context, *, monitoring: bool = False,
         roles |= {"prometheus", "grafana"}
     if backup:
         needed.setdefault("postgres", set()).add("backup")
+    if backup_auth:
+        needed.setdefault("auth", set()).add("backup")
     return [_policy(ctx, role, sorted(needed.get(role, set())))
             for role in guarded if role in roles]
 

@@ -66,7 +66,10 @@ def auth(stack: Stack) -> list[Service]:
                 "PREFECTSTACK_API_AUTH_STRING": api_auth_string(),
                 # Proof that a request comes from the edge (auth/gate.py).
                 "PREFECTSTACK_EDGE_SECRET": secret(stack_secrets.EDGE_SECRET),
-            },
+            } | ({
+                # `GET /auth/backup` for the Kubernetes backup job (auth/store_backup.py).
+                "PREFECTSTACK_AUTH_BACKUP_TOKEN": secret(stack_secrets.AUTH_BACKUP_TOKEN),
+            } if stack.backup.enabled else {}),
             ports=(stack.auth.port,),
             volumes=("auth",),
             probe=Probe("http", port=stack.auth.port, path="/auth/login"),

@@ -20,6 +20,9 @@ API_USER = "prefectstack"
 # ask `/auth/verify` for the API's own credentials or choose the X-Forwarded-For address
 # it is throttled and audited under.
 EDGE_SECRET = "edge_secret"
+# What a backup job that cannot read the auth store's volume (Kubernetes' CronJob) shows to
+# fetch an online copy from the auth service (`GET /auth/backup`, auth/store_backup.py).
+AUTH_BACKUP_TOKEN = "auth_backup_token"
 
 # The auth store's name for each of the stack's own keys (also the label in the auth string)
 # and the role it has.
