@@ -115,3 +115,13 @@ def test_a_forked_child_shows_its_run_id_in_proc_environ() -> None:
         os.waitpid(pid, 0)
         os.close(read)
         os.close(write)
+
+
+def test_the_warm_worker_limits_concurrent_runs_by_the_machine_unless_told() -> None:
+    from prefectstack.warm.worker import RUNS_PER_CORE, with_default_limit
+
+    base = ["--pool", "default", "--type", "process"]
+    assert with_default_limit(base, 2) == [*base, "--limit", str(2 * RUNS_PER_CORE)]
+    assert with_default_limit(base, None) == [*base, "--limit", str(RUNS_PER_CORE)]
+    for given in (["--limit", "3"], ["-l", "3"], ["--limit=3"]):
+        assert with_default_limit([*base, *given], 64) == [*base, *given]

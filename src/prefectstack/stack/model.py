@@ -212,7 +212,10 @@ class WorkerConfig(StrictModel):
         "namespace, created by Prefect's Kubernetes worker (`render kubernetes` only; `up` "
         "and `render compose` refuse it).",
     )
-    limit: int | None = Field(None, ge=1, description="Maximum concurrent flow runs.")
+    limit: int | None = Field(
+        None, ge=1,
+        description="Maximum concurrent flow runs. Default: 8 per CPU core of the worker's "
+        "machine for the warm worker; no limit for the stock worker (Prefect's default).")
     health_port: Port | None = Field(
         None, description="Port of the worker's health endpoint (default: 18080 + its index)."
     )

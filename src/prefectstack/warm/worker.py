@@ -201,8 +201,22 @@ with warnings.catch_warnings():
             )
 
 
+# Runs at once per CPU core when the stack file sets no `limit`: Prefect's own default is no
+# limit, and a burst of hundreds of runs then forks hundreds of children at once on a small
+# machine. Flow runs mostly wait (on the API, the network, a database), so several per core.
+RUNS_PER_CORE = 8
+
+
+def with_default_limit(args: list[str], cores: int | None) -> list[str]:
+    """`prefect worker start` arguments with `--limit` added unless one is given."""
+    if any(a in ("--limit", "-l") or a.startswith("--limit=") for a in args):
+        return args
+    return [*args, "--limit", str(RUNS_PER_CORE * max(1, cores or 1))]
+
+
 def main(argv: list[str] | None = None) -> None:
-    """`prefect worker start ARGS` with the warm worker serving `process` pools."""
+    """`prefect worker start ARGS` with the warm worker serving `process` pools; without a
+    `--limit`, RUNS_PER_CORE runs per CPU core of this machine."""
     from prefect.cli import _worker_utils
     from prefect.cli._app import app
 
@@ -212,7 +226,8 @@ def main(argv: list[str] | None = None) -> None:
         return WarmProcessWorker if worker_type == "process" else original(worker_type)
 
     _worker_utils._load_worker_class = load
-    sys.argv = ["prefect", "worker", "start", *(sys.argv[1:] if argv is None else argv)]
+    args = with_default_limit(list(sys.argv[1:] if argv is None else argv), os.cpu_count())
+    sys.argv = ["prefect", "worker", "start", *args]
     app()
 
 
