@@ -47,3 +47,30 @@ def test_the_edge_checks_the_path_the_drain_fails() -> None:
     from prefectstack.topology import caddyfile
 
     assert f"health_uri {HEALTH_PATH}" in caddyfile._proxy(["a:1"])
+
+
+def test_a_taken_port_is_found_before_prefect_is_imported() -> None:
+    """As `prefect server start` does: otherwise each restart of an API process whose port
+    another program holds costs the app's whole start-up before uvicorn's bind fails."""
+    import socket
+    import subprocess
+    import sys
+
+    from prefectstack.jobs.api_server import port_taken
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        assert port_taken("127.0.0.1", port) is not None
+        done = subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", "prefectstack.jobs.api_server",
+             "--host", "127.0.0.1", "--port", str(port)],
+            capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert f"error: cannot listen on 127.0.0.1:{port}" in done.stderr
+    assert "| prefect\n" not in done.stderr and " prefect.server" not in done.stderr
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        unused = free.getsockname()[1]
+    assert port_taken("127.0.0.1", unused) is None

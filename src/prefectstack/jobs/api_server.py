@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import signal
+import socket
+import sys
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -51,11 +53,30 @@ class Drain:
         await self.app(scope, receive, send)
 
 
+def port_taken(host: str, port: int) -> str | None:
+    """Why `host:port` cannot be listened on, if it cannot: checked before Prefect is
+    imported, as `prefect server start` does. Otherwise uvicorn would find out only after
+    the app's start-up (tens of seconds on a loaded machine), on every restart."""
+    try:
+        info = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM)
+        family, kind, proto, _name, address = info[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+    except OSError as exc:
+        return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m prefectstack.jobs.api_server")
     parser.add_argument("--host", required=True)
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
+    problem = port_taken(args.host, args.port)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr, flush=True)
+        raise SystemExit(1)
 
     import uvicorn
     from prefect.server.api.server import create_app
