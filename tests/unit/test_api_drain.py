@@ -68,7 +68,8 @@ def test_a_taken_port_is_found_before_prefect_is_imported() -> None:
              "--host", "127.0.0.1", "--port", str(port)],
             capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
-    assert f"error: cannot listen on 127.0.0.1:{port}" in done.stderr
+    assert f"error: Port {port} is already in use (cannot listen on 127.0.0.1:{port}" in (
+        done.stderr)
     assert "| prefect\n" not in done.stderr and " prefect.server" not in done.stderr
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))

@@ -17,6 +17,7 @@ setting `prefect server start` would read; the topology runs it as
 from __future__ import annotations
 
 import argparse
+import errno
 import signal
 import socket
 import sys
@@ -64,7 +65,10 @@ def port_taken(host: str, port: int) -> str | None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(address)
     except OSError as exc:
-        return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+        reason = f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+        if exc.errno == errno.EADDRINUSE:  # Prefect's own words, which users search for
+            return f"Port {port} is already in use ({reason})"
+        return reason
     return None
 
 
