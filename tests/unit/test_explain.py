@@ -65,7 +65,7 @@ BAD_FILES = [
     (
         "examples-pool-without-worker",
         "version: 1\nexamples:\n  pool: nope\n",
-        ["examples: pool `nope` has no worker; use one of: default"],
+        ["examples: pool `nope` has no `process` worker; use one of: default"],
     ),
     (
         "replicas-too-many",

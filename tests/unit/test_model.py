@@ -162,7 +162,7 @@ def test_duplicate_worker_names_point_at_workers() -> None:
 
 
 def test_examples_pool_must_have_a_worker() -> None:
-    with pytest.raises(ValidationError, match="has no worker") as info:
+    with pytest.raises(ValidationError, match="has no `process` worker") as info:
         stack(examples={"pool": "nope"})
     assert error_locs(info.value) == [("examples",)]
     assert stack(examples={"pool": "default"}).examples.pool == "default"
