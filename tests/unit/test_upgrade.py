@@ -150,3 +150,14 @@ def test_upgrade_of_a_stack_that_is_not_running_says_so(tmp_path: Path) -> None:
     assert result.returncode == 3, result.stderr
     assert "is not running" in result.stderr and "prefectstack up --detach" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_an_api_process_is_drained_first_only_when_another_takes_its_requests() -> None:
+    from prefectstack.runtime.upgrade import drains_first
+    from prefectstack.stack.model import CURRENT_VERSION, Stack
+
+    def stack(replicas: int) -> Stack:
+        return Stack.model_validate({"version": CURRENT_VERSION, "api": {"replicas": replicas}})
+
+    assert not drains_first(stack(1))  # draining would only lengthen the outage
+    assert drains_first(stack(2)) and drains_first(stack(3))

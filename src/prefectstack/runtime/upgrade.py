@@ -34,6 +34,7 @@ from prefectstack.jobs.api_server import DRAIN_SIGNAL
 from prefectstack.runtime import backend, control, secret_store, state
 from prefectstack.runtime.logfiles import tail_lines
 from prefectstack.stack.loader import LoadedStack
+from prefectstack.stack.model import Stack
 from prefectstack.topology import Service, stack_secrets
 
 if TYPE_CHECKING:
@@ -200,7 +201,7 @@ def apply(loaded: LoadedStack, the_plan: Plan, target: Target | None,
                                                  f"{step.unit}.log", 1))
         elif step.action == "restart":
             api = _is_api(loaded, step.unit)
-            if api:
+            if api and drains_first(loaded.stack):
                 result.extra["drained"] = drain_api(loaded, step.unit)
             result.extra["ready_seconds"] = restart_unit(loaded, step.unit, "ready")
             if api:
@@ -216,6 +217,12 @@ def apply(loaded: LoadedStack, the_plan: Plan, target: Target | None,
 
 def _is_api(loaded: LoadedStack, unit: str) -> bool:
     return any(s.name == unit and s.role == "api" for s in topology.build(loaded.stack))
+
+
+def drains_first(stack: Stack) -> bool:
+    """Drain an API process before its restart only when another one takes its requests:
+    with one, draining would only make the API unavailable 9 s longer."""
+    return sum(1 for s in topology.build(stack) if s.role == "api") > 1
 
 
 def drain_api(loaded: LoadedStack, unit: str) -> bool:
