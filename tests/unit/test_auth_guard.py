@@ -100,16 +100,20 @@ class Api:
 
     received: list[dict[str, Any]] = field(default_factory=list)
     port: int = 0
+    keep_alive: bool = False  # answer as HTTP/1.1, keeping each connection open for more
 
     def start(self) -> ThreadingHTTPServer:
         api = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if api.keep_alive else "HTTP/1.0"
+
             def _answer(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length)
                 api.received.append({"method": self.command, "path": self.path,
-                                     "headers": dict(self.headers), "body": body})
+                                     "headers": dict(self.headers), "body": body,
+                                     "peer": self.client_address})
                 answer = json.dumps({"id": "run-1"}).encode()
                 self.send_response(201)
                 self.send_header("content-type", "application/json")
@@ -312,3 +316,27 @@ def test_reads_of_secret_values_in_a_body_are_audited_whoever_makes_them(
     assert [(status, role) for status, role, _ in audited] == [(200, "worker"),
                                                               (200, "developer")]
     assert all("with secrets" in reason for *_, reason in audited)
+
+
+def test_every_write_goes_on_a_fresh_connection_even_to_a_keep_alive_api(
+    tmp_path: Path,
+) -> None:
+    """The auth service keeps one HTTP client (building one per request cost most of its CPU)
+    but no idle connection: a write sent on a kept connection that the API process is just
+    closing would fail, and a write is never sent twice."""
+    api = Api(keep_alive=True)
+    server = api.start()
+    store = Store(tmp_path / "auth", hasher=PasswordHasher(time_cost=1, memory_cost=1024))
+    app = create_app(store, AuditLog(tmp_path / "audit.log"), Throttle(),
+                     AuthConfig(api_auth_string="prefectstack:s3cret"),
+                     api_upstreams=[f"127.0.0.1:{api.port}"])
+    try:
+        with TestClient(app, base_url="https://prefect.example") as client:
+            guarded = Guarded(client, store, api, tmp_path / "audit.log")
+            key = store.create_key("ops", Role.OPERATOR)
+            for _ in range(3):
+                assert guarded.send("POST", RUN, key, {"parameters": {}}).status_code == 201
+    finally:
+        server.shutdown()
+    peers = [r["peer"] for r in api.received]
+    assert len(peers) == 3 and len(set(peers)) == 3

@@ -125,3 +125,46 @@ def test_the_warm_worker_limits_concurrent_runs_by_the_machine_unless_told() -> 
     assert with_default_limit(base, None) == [*base, "--limit", str(RUNS_PER_CORE)]
     for given in (["--limit", "3"], ["-l", "3"], ["--limit=3"]):
         assert with_default_limit([*base, *given], 64) == [*base, *given]
+
+
+def test_the_warm_job_configuration_is_prefects_with_the_same_environment() -> None:
+    """Same pool template (the stock worker serves the same pools), same base environment
+    (built once instead of per run)."""
+    from prefect.settings import get_current_settings
+    from prefect.workers.process import ProcessJobConfiguration, ProcessWorker
+
+    from prefectstack.warm.worker import WarmJobConfiguration, WarmProcessWorker
+
+    assert (WarmProcessWorker.get_default_base_job_template()
+            == ProcessWorker.get_default_base_job_template())
+    expected = get_current_settings().to_environment_variables(exclude_unset=True)
+    assert WarmJobConfiguration._base_environment() == expected
+    assert ProcessJobConfiguration._base_environment() == expected
+    first = WarmJobConfiguration._base_environment()
+    first["PREFECT_API_URL"] = "changed by one run"  # each run gets its own copy
+    assert WarmJobConfiguration._base_environment() == expected
+
+
+def test_the_forkserver_leaves_no_model_for_a_child_to_build() -> None:
+    """Prefect's client models whose build pydantic defers are built in the parent, before
+    the first fork, instead of in every child."""
+    import subprocess
+    import sys
+
+    check = (
+        "from prefectstack.warm import forkserver\n"
+        "forkserver.preload([])\n"
+        "from pydantic import BaseModel\n"
+        "todo, seen, left = [BaseModel], set(), []\n"
+        "while todo:\n"
+        "    for c in todo.pop().__subclasses__():\n"
+        "        if c not in seen:\n"
+        "            seen.add(c); todo.append(c)\n"
+        "            if not getattr(c, '__pydantic_complete__', True): left.append(c)\n"
+        "import pydantic.v1, anyio._backends._asyncio\n"
+        "print(len(seen), left)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                          timeout=120, check=True)
+    count, left = done.stdout.split(" ", 1)
+    assert int(count) > 100 and left.strip() == "[]"

@@ -347,9 +347,9 @@ def pool_lookup(upstreams: Upstreams, authorization: str | None) -> PoolOf:
 
         for address in upstreams.in_turn():
             try:
-                async with httpx.AsyncClient(timeout=10, headers=headers) as client:
-                    answer = await client.get(
-                        f"http://{address}/api/flow_runs/{quote(run_id, safe='')}")
+                answer = await upstreams.http().get(
+                    f"http://{address}/api/flow_runs/{quote(run_id, safe='')}",
+                    headers=headers, timeout=10)
                 if answer.status_code in (404, 422):
                     return None  # no such run: the API will say so itself
                 if answer.status_code == 200:
@@ -374,8 +374,8 @@ class UiSettings:
 
         for address in self.upstreams.in_turn():
             try:
-                async with httpx.AsyncClient(timeout=10) as client:
-                    answer = await client.get(f"http://{address}{UI_SETTINGS_PATH}")
+                answer = await self.upstreams.http().get(
+                    f"http://{address}{UI_SETTINGS_PATH}", timeout=10)
                 settings = answer.json()
             except (httpx.HTTPError, ValueError):
                 continue
@@ -420,8 +420,8 @@ class ServerSettings:
 
         for address in self.upstreams.in_turn():
             try:
-                async with httpx.AsyncClient(timeout=10, headers=self.headers) as client:
-                    answer = await client.get(f"http://{address}{SETTINGS_PATH}")
+                answer = await self.upstreams.http().get(
+                    f"http://{address}{SETTINGS_PATH}", headers=self.headers, timeout=10)
                 settings = answer.json()
             except (httpx.HTTPError, ValueError):
                 continue

@@ -125,9 +125,9 @@ class BodyGuard:
             headers["authorization"] = authorization
         for address in self.upstreams.in_turn():
             try:
-                async with httpx.AsyncClient(timeout=UPSTREAM_TIMEOUT) as client:
-                    answer = await client.request(method, f"http://{address}{target}",
-                                                  headers=headers, content=content)
+                answer = await self.upstreams.http().request(
+                    method, f"http://{address}{target}", headers=headers, content=content,
+                    timeout=UPSTREAM_TIMEOUT)
             except httpx.ConnectError:
                 continue  # never reached that process: the next one may take it
             except httpx.HTTPError as exc:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from itertools import count
 from typing import TYPE_CHECKING
 
+import httpx
 from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.asyncio.client import ClientConnection, connect
@@ -105,6 +106,16 @@ class Upstreams:
             raise ValueError("the websocket relay needs at least one API address")
         self.addresses = tuple(addresses)
         self._turn = count()
+        self._http: httpx.AsyncClient | None = None
+
+    def http(self) -> httpx.AsyncClient:
+        """The one client for plain-HTTP calls to the API processes. A client per call built
+        an SSL context each time (certifi's bundle loaded: most of this service's CPU under a
+        burst of runs). Keep-alive is off, so every call still gets a fresh connection and a
+        write never meets one an API process is closing (a write is never sent twice)."""
+        if self._http is None:
+            self._http = httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=0))
+        return self._http
 
     def in_turn(self) -> list[str]:
         start = next(self._turn) % len(self.addresses)
