@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,53 +11,19 @@ import asyncpg
 import httpx
 import pytest
 
-from prefectstack import tools
-from prefectstack.runtime import pgdata
-from prefectstack.runtime.binaries import postgres_bin_dir
-from prefectstack.runtime.probes import pg_ping
-from prefectstack.runtime.unprivileged import reachable_postgres
-
-from .conftest import cli, free_port, status, wait_for
+from .conftest import cli, free_port, status
+from .postgres_server import running_postgres
 
 pytestmark = pytest.mark.integration
 
-SUPERUSER_PASSWORD = "superuser-test-password"
 APP_PASSWORD = "app-test-password"
 
 
 @pytest.fixture()
 def external_pg(tmp_path: Path) -> Iterator[int]:
     """A PostgreSQL server started by hand, with a database and an owner role."""
-    port = free_port()
-    data = tmp_path / "extpg" / "data"
-    data.parent.mkdir()
-    user = "prefectstack" if pgdata.is_root() else None
-    # As the stack would: linked where that account can reach it (never a chmod elsewhere).
-    bin_dir = (reachable_postgres("embedded", tmp_path / "runtime", user) if user
-               else postgres_bin_dir("embedded"))
-    pgdata.prepare(data, bin_dir, user, SUPERUSER_PASSWORD)
-    with open(tmp_path / "extpg" / "log", "ab") as log:
-        proc = tools.spawn(
-            [str(bin_dir / "postgres"), "-D", str(data), "-c", "listen_addresses=127.0.0.1",
-             "-c", f"port={port}", "-c", "unix_socket_directories="],
-            env={"PATH": os.environ["PATH"]}, log=log, cwd=data.parent, user=user,
-        )
-    try:
-        wait_for(lambda: pg_ping("127.0.0.1", port), 60, "external postgres")
-
-        async def create() -> None:
-            conn = await asyncpg.connect(
-                f"postgresql://postgres:{SUPERUSER_PASSWORD}@127.0.0.1:{port}/postgres"
-            )
-            await conn.execute(f"CREATE ROLE ext LOGIN PASSWORD '{APP_PASSWORD}'")
-            await conn.execute("CREATE DATABASE extdb OWNER ext")
-            await conn.close()
-
-        asyncio.run(create())
+    with running_postgres(tmp_path / "extpg", {"ext": (APP_PASSWORD, "extdb")}) as port:
         yield port
-    finally:
-        proc.send(signal.SIGINT)
-        wait_for(lambda: proc.poll() is not None, 30, "external postgres to stop")
 
 
 def test_stack_on_external_postgres(tmp_path: Path, external_pg: int) -> None:

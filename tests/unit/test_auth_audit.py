@@ -228,3 +228,26 @@ def test_refusals_of_known_callers_are_always_written(tmp_path: Path) -> None:
     lines = list(read(path))
     assert len([r for r in lines if r.status == 403]) == 20
     assert "1 more anonymous refusals" in lines[-1].reason
+
+
+def test_pods_write_one_audit_log_in_the_database_with_its_retention(tmp_path: Path) -> None:
+    """A replicated auth service's audit log: the pods' records in one table, read back in
+    order and filtered as the file is, pruned by the same retention."""
+    from prefectstack.auth.audit import DatabaseAuditLog, read_database
+    from prefectstack.auth.database import SqliteDatabase
+
+    now = datetime(2025, 1, 1, 12, 30, tzinfo=UTC).timestamp()
+    pods = [DatabaseAuditLog(SqliteDatabase(tmp_path / "auth.db"), retention_days=1,
+                             clock=lambda: now) for _ in range(2)]
+    old = replace(record(0), time=(datetime(2024, 12, 30, tzinfo=UTC)).isoformat())
+    pods[0].write(old)
+    pods[0].write(record(1, minute=1))
+    pods[1].write(record(2, identity="bob", minute=2))
+    pods[0].write(record(3, minute=3))
+    db = SqliteDatabase(tmp_path / "auth.db")
+    assert [r.path for r in read_database(db)] == [record(n).path for n in (0, 1, 2, 3)]
+    assert [r.identity for r in read_database(db, user="bob")] == ["bob"]
+    since = datetime(2025, 1, 1, 12, 2, tzinfo=UTC)
+    assert [r.path for r in read_database(db, since=since)] == [record(n).path for n in (2, 3)]
+    pods[1].prune()
+    assert [r.path for r in read_database(db)] == [record(n).path for n in (1, 2, 3)]

@@ -3,6 +3,9 @@ refused; clock injected."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from prefectstack.auth.throttle import Throttle, Verdict
 
 
@@ -167,3 +170,29 @@ def test_account_memory_is_bounded() -> None:
         throttle.success("10.0.0.1", name)
     assert len(throttle._by_account) == 2
     assert len(throttle._known) == 2
+
+
+def test_pods_sharing_a_database_decide_exactly_as_one_throttle(tmp_path: Path) -> None:
+    """Two SharedThrottles on one database (two auth pods), picked at random for each
+    attempt, give the verdicts one in-memory Throttle gives for the same attempts."""
+    import random
+
+    from prefectstack.auth.database import SqliteDatabase
+    from prefectstack.auth.throttle import SharedThrottle
+
+    clock = Clock()
+    limits: dict[str, Any] = {"free": 2, "lock_after": 5, "window": 300, "lockout": 120,
+                              "account_free": 3, "account_lock_after": 7,
+                              "account_window": 300, "account_lockout": 200,
+                              "remember": 1000, "clock": clock}
+    single = Throttle(**limits)
+    pods = [SharedThrottle(SqliteDatabase(tmp_path / "auth.db"), **limits) for _ in range(2)]
+    rng = random.Random(12)
+    for step in range(500):
+        clock.now += rng.choice([0, 0, 0.5, 1, 3, 30, 150])
+        address = rng.choice(["10.0.0.1", "10.0.0.2", "10.0.0.3"])
+        account = rng.choice([None, "ada", "Ada ", "bob"])
+        op = rng.choices(["check", "failure", "success"], [4, 4, 1])[0]
+        pod = rng.choice(pods)
+        expected = getattr(single, op)(address, account)
+        assert getattr(pod, op)(address, account) == expected, (step, op, address, account)

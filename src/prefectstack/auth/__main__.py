@@ -1,7 +1,8 @@
 """Run the auth service: `python -m prefectstack.auth --host 127.0.0.1 --port N`.
 
 Configuration comes from the environment the supervisor sets (never from arguments, which
-other local users can read in `ps`): the store directory, the public URL, the bootstrap
+other local users can read in `ps`): the store directory (or, for a replicated auth service,
+the PostgreSQL database in PREFECTSTACK_AUTH_DATABASE_URL), the public URL, the bootstrap
 admin password and the stack's own service keys.
 """
 
@@ -15,12 +16,14 @@ from pathlib import Path
 import uvicorn
 
 from prefectstack.auth.app import AuthConfig, create_app
-from prefectstack.auth.audit import AuditLog, retention_days_from
+from prefectstack.auth.audit import AuditLog, DatabaseAuditLog, retention_days_from
+from prefectstack.auth.database import SqliteDatabase, from_environment
 from prefectstack.auth.gate import Gate
 from prefectstack.auth.roles import Role
-from prefectstack.auth.store import Store
+from prefectstack.auth.store import DB_FILE, Store
 from prefectstack.auth.store_backup import TOKEN_ENV
-from prefectstack.auth.throttle import Throttle
+from prefectstack.auth.throttle import SharedThrottle, Throttle
+from prefectstack.errors import StackError
 from prefectstack.layout import AUDIT_FILE
 
 ADMIN_USERNAME = "admin"  # the first user, created while there is none
@@ -30,8 +33,11 @@ def bootstrap(store: Store) -> None:
     """The admin (only while there are no users) and the stack's service keys."""
     password = os.environ.get("PREFECTSTACK_ADMIN_PASSWORD")
     if password and not store.users():
-        store.add_user(ADMIN_USERNAME, Role.ADMIN, password)
-        print(f"created the bootstrap admin user `{ADMIN_USERNAME}`")
+        try:
+            store.add_user(ADMIN_USERNAME, Role.ADMIN, password)
+            print(f"created the bootstrap admin user `{ADMIN_USERNAME}`")
+        except StackError:  # another auth pod, starting at the same time, created it
+            pass
     for entry in json.loads(os.environ.get("PREFECTSTACK_SERVICE_KEYS", "[]")):
         if store.import_key(entry["name"], Role(entry["role"]), entry["key"],
                             pools=entry.get("pools")):
@@ -43,8 +49,9 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    directory = Path(os.environ["PREFECTSTACK_AUTH_DIR"])
-    store = Store(directory)
+    directory = Path(os.environ.get("PREFECTSTACK_AUTH_DIR", "."))
+    database = from_environment(os.environ, directory, DB_FILE)
+    store = Store(directory, database=database)
     bootstrap(store)
     public = os.environ.get("PREFECTSTACK_PUBLIC_URL")
     config = AuthConfig(
@@ -54,9 +61,17 @@ def main() -> None:
         api_auth_string=os.environ.get("PREFECTSTACK_API_AUTH_STRING") or None,
     )
     upstreams = os.environ.get("PREFECTSTACK_API_UPSTREAMS", "").split()
-    audit = AuditLog(directory / AUDIT_FILE, retention_days=retention_days_from(os.environ))
+    retention = retention_days_from(os.environ)
+    audit: AuditLog
+    throttle: Throttle
+    if isinstance(database, SqliteDatabase):  # one auth process
+        audit = AuditLog(directory / AUDIT_FILE, retention_days=retention)
+        throttle = Throttle()
+    else:  # the pods of a replicated auth service share them
+        audit = DatabaseAuditLog(database, retention_days=retention)
+        throttle = SharedThrottle(database)
     backup_token = os.environ.get(TOKEN_ENV) or None
-    app = Gate(create_app(store, audit, Throttle(), config, api_upstreams=upstreams,
+    app = Gate(create_app(store, audit, throttle, config, api_upstreams=upstreams,
                           backup_token=backup_token), audit,
                edge_secret=os.environ.get("PREFECTSTACK_EDGE_SECRET"))
     # Websockets: the relay for Prefect's websockets (forward_auth's own checks of a

@@ -451,7 +451,7 @@ def create_app(
         Route(LOGIN_PATH, service.login, methods=["POST"]),
         Route("/auth/logout", service.logout, methods=["POST"]),
     ]
-    if backup_token:
+    if backup_token and store.path is not None:  # in PostgreSQL: the backup's pg_dump
         backup = StoreBackup(store.path, backup_token, audit, clock)
         routes.append(Route(BACKUP_PATH, backup.handle, methods=["GET"]))
     if api_upstreams:

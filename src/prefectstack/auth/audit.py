@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from prefectstack.errors import StackError
 
@@ -154,10 +155,13 @@ class AuditLog:
         self._budget = _Budget(anonymous_burst, anonymous_per_minute, clock())
         self._last_summary = clock()
         self._pruned_at: float | None = None
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self._prepare()
         if retention_days is not None:
             with self._lock:
                 self._prune(clock())
+
+    def _prepare(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def write(self, record: Record) -> None:
         with self._lock:
@@ -224,6 +228,57 @@ class AuditLog:
             os.replace(self.path, _numbered(self.path, 1))
         else:
             self.path.unlink()
+
+
+AUDIT_SCHEMA = """
+CREATE TABLE IF NOT EXISTS auth_audit (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, at REAL NOT NULL, record TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS auth_audit_by_time ON auth_audit(at);
+"""
+SQLITE_AUDIT_SCHEMA = AUDIT_SCHEMA.replace(
+    "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", "INTEGER PRIMARY KEY AUTOINCREMENT")
+
+
+class DatabaseAuditLog(AuditLog):
+    """The same records, budget and retention, in the auth database's `auth_audit` table:
+    the pods of a replicated auth service write one log (a file per pod would be lost with
+    the pod, and split). Read it with `read_database`."""
+
+    def __init__(self, database: Any, **options: Any) -> None:
+        self.db = database
+        schema = SQLITE_AUDIT_SCHEMA if database.kind == "sqlite" else AUDIT_SCHEMA
+        database.script(schema)
+        options.pop("max_bytes", None)
+        options.pop("backups", None)
+        super().__init__(Path("auth_audit"), **options)
+
+    def _prepare(self) -> None:
+        pass  # no file
+
+    def _append(self, record: Record) -> None:
+        self.db.execute("INSERT INTO auth_audit (at, record) VALUES (?, ?)",
+                        (record.moment.timestamp(), bounded(record).to_json()))
+
+    def _prune(self, now: float) -> None:
+        self._pruned_at = now
+        if self.retention_days is not None:
+            self.db.execute("DELETE FROM auth_audit WHERE at < ?",
+                            (now - self.retention_days * 86400,))
+
+
+def read_database(database: Any, *, user: str | None = None,
+                  since: datetime | None = None) -> Iterator[Record]:
+    """`read` for a DatabaseAuditLog's table, oldest first."""
+    if since is None:
+        rows = database.query("SELECT record FROM auth_audit ORDER BY at, id")
+    else:
+        rows = database.query("SELECT record FROM auth_audit WHERE at >= ? ORDER BY at, id",
+                              (since.timestamp(),))
+    for row in rows:
+        record = _parse(row["record"])
+        if record is not None and (user is None or user in (record.identity,
+                                                            record.key_prefix)):
+            yield record
 
 
 def _prune_file(file: Path, cutoff: datetime) -> bool:

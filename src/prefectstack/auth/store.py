@@ -1,8 +1,9 @@
-"""Users, API keys and sessions in one SQLite file (WAL, mode 0600).
+"""Users, API keys and sessions: in one SQLite file (WAL, mode 0600), or in PostgreSQL when
+several auth processes share them (auth/database.py).
 
 Passwords are argon2id hashes. API keys and session tokens are 256-bit random values, so a
 sha256 of them is enough and lets every request look them up in one indexed read; only the
-hash is stored, and a key is shown once, at creation. The file is read on every request, so a
+hash is stored, and a key is shown once, at creation. The store is read on every request, so a
 revoked key or a removed user stops working at once, from any process.
 """
 
@@ -11,21 +12,20 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import re
 import secrets
-import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from prefectstack.apikeys import key_prefix, new_api_key
+from prefectstack.auth.database import Database, SqliteDatabase
 from prefectstack.auth.roles import Role
 from prefectstack.errors import StackError
 
@@ -42,7 +42,8 @@ CREATE TABLE IF NOT EXISTS users (
     created_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS api_keys (
     prefix TEXT PRIMARY KEY, name TEXT NOT NULL, role TEXT NOT NULL, key_hash TEXT NOT NULL,
-    created_at REAL NOT NULL, expires_at REAL, revoked_at REAL, last_used_at REAL);
+    created_at REAL NOT NULL, expires_at REAL, revoked_at REAL, last_used_at REAL,
+    pools TEXT);
 CREATE TABLE IF NOT EXISTS sessions (
     token_hash TEXT PRIMARY KEY, username TEXT NOT NULL, created_at REAL NOT NULL,
     expires_at REAL NOT NULL);
@@ -88,12 +89,6 @@ def _sha256(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
-def _private_file(path: Path) -> None:
-    if not path.exists():
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
-    os.chmod(path, 0o600)
-
-
 class Store:
     def __init__(
         self,
@@ -101,21 +96,20 @@ class Store:
         *,
         hasher: PasswordHasher | None = None,
         clock: Callable[[], float] = time.time,
+        database: Database | None = None,
     ) -> None:
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.path = directory / DB_FILE
-        _private_file(self.path)  # SQLite gives its -wal/-shm files the database's mode
+        """`directory`: where the SQLite file is, unless `database` is given."""
+        if database is None:
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            database = SqliteDatabase(directory / DB_FILE)
+        self.db = database
+        # The SQLite file, which `GET /auth/backup` copies; None in PostgreSQL (pg_dump).
+        self.path: Path | None = database.path if isinstance(database, SqliteDatabase) else None
         self._hasher = hasher or PasswordHasher()
         self._clock = clock
-        self._lock = threading.Lock()
-        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._conn.row_factory = sqlite3.Row
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA busy_timeout=5000")
-        self._conn.executescript(_SCHEMA)
-        columns = {r["name"] for r in self._conn.execute("PRAGMA table_info(api_keys)")}
-        if "pools" not in columns:  # a store from before pool-scoped keys
-            self._conn.execute("ALTER TABLE api_keys ADD COLUMN pools TEXT")
+        database.script(_SCHEMA)
+        if "pools" not in database.columns("api_keys"):  # a store from before pool scopes
+            database.execute("ALTER TABLE api_keys ADD COLUMN pools TEXT")
         # A dummy hash to verify against for unknown users, so timing does not tell
         # whether a username exists.
         self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(16))
@@ -125,22 +119,13 @@ class Store:
         self._cache_lock = threading.Lock()
 
     def close(self) -> None:
-        self._conn.close()
+        self.db.close()
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+    def _tx(self) -> Any:
+        return self.db.tx()
 
-    def _query(self, sql: str, args: tuple[object, ...] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._conn.execute(sql, args).fetchall()
+    def _query(self, sql: str, args: tuple[object, ...] = ()) -> list[Mapping[str, Any]]:
+        return self.db.query(sql, args)
 
     # -- users
 
@@ -153,13 +138,14 @@ class Store:
             )
         _check_password(password)
         now = self._clock()
+        password_hash = self._hasher.hash(password)
         with self._tx() as conn:
-            if conn.execute("SELECT 1 FROM users WHERE username=?", (username,)).fetchone():
-                raise StackError(f"user {username!r} already exists", exit_code=2)
-            conn.execute(
-                "INSERT INTO users VALUES (?,?,?,?)",
-                (username, role.value, self._hasher.hash(password), now),
-            )
+            added = conn.execute(
+                "INSERT INTO users VALUES (?,?,?,?) ON CONFLICT (username) DO NOTHING",
+                (username, role.value, password_hash, now),
+            ).rowcount
+        if not added:  # also when another auth process added it just now
+            raise StackError(f"user {username!r} already exists", exit_code=2)
         return User(username, role, now)
 
     def users(self) -> list[User]:
@@ -245,18 +231,17 @@ class Store:
             raise StackError("not a prefectstack API key (expected pfs_<8 hex>_<43 chars>)")
         stored_pools = _pools_text(role, pools)
         with self._tx() as conn:
-            known = conn.execute("SELECT 1 FROM api_keys WHERE prefix=?", (prefix,)).fetchone()
-            if known:
-                conn.execute("UPDATE api_keys SET pools=? WHERE prefix=?",
-                             (stored_pools, prefix))
-                return False
-            conn.execute(
+            added = conn.execute(
                 "INSERT INTO api_keys (prefix, name, role, key_hash, created_at, expires_at,"
-                " revoked_at, last_used_at, pools) VALUES (?,?,?,?,?,?,NULL,NULL,?)",
+                " revoked_at, last_used_at, pools) VALUES (?,?,?,?,?,?,NULL,NULL,?)"
+                " ON CONFLICT (prefix) DO NOTHING",
                 (prefix, name, role.value, _sha256(key), self._clock(), expires_at,
                  stored_pools),
-            )
-        return True
+            ).rowcount
+            if not added:  # known, also to another auth process starting at the same time
+                conn.execute("UPDATE api_keys SET pools=? WHERE prefix=?",
+                             (stored_pools, prefix))
+        return bool(added)
 
     def keys(self) -> list[ApiKey]:
         rows = self._query("SELECT * FROM api_keys ORDER BY created_at, prefix")
@@ -316,7 +301,7 @@ class Store:
             conn.execute("DELETE FROM sessions WHERE token_hash=?", (_sha256(token),))
 
 
-def _key(row: sqlite3.Row) -> ApiKey:
+def _key(row: Mapping[str, Any]) -> ApiKey:
     return ApiKey(
         row["prefix"],
         row["name"],

