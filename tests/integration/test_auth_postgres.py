@@ -53,10 +53,10 @@ class Pods:
                           headers={**EDGE, "X-Forwarded-For": address}, timeout=60)
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        """`prefectstack ...` as in `kubectl exec` into an auth pod: no stack file, the
-        database's URL in the environment."""
+        """`python -m prefectstack.auth.admin ...` as `kubectl exec` into an auth pod runs
+        it: no stack file, the database's URL in the environment."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT")}
-        return subprocess.run([sys.executable, "-m", "prefectstack", *args],
+        return subprocess.run([sys.executable, "-m", "prefectstack.auth.admin", *args],
                               env={**env, URL_ENV: self.url, SCHEMA_ENV: SCHEMA},
                               capture_output=True, text=True,
                               timeout=120, check=False, cwd=self.logs)
@@ -131,7 +131,7 @@ def test_a_key_made_anywhere_works_on_every_pod_until_revoked_anywhere(pods: Pod
     key = made.stdout.strip().splitlines()[-1]
     bearer = {"Authorization": f"Bearer {key}"}
     assert [pods.verify(p, bearer) for p in pods.ports] == [200, 200]
-    listed = json.loads(pods.cli("keys", "list", "--json").stdout)
+    listed = json.loads(pods.cli("keys", "list").stdout)
     mine = next(k for k in listed if k["name"] == "ci")
     # Timestamps keep their precision (PostgreSQL's REAL would round them to minutes).
     assert abs(mine["created_at"] - time.time()) < 30
@@ -139,9 +139,9 @@ def test_a_key_made_anywhere_works_on_every_pod_until_revoked_anywhere(pods: Pod
     assert revoked.returncode == 0, revoked.stderr
     assert [pods.verify(p, bearer) for p in pods.ports] == [401, 401]
     # Both pods' refusals and the CLI's changes are in the one audit log.
-    audit = json.loads(pods.cli("audit", "--json", "--user", mine["prefix"]).stdout)
+    audit = json.loads(pods.cli("audit", "--user", mine["prefix"]).stdout)
     assert [r["status"] for r in audit if r["method"] == "GET"][-2:] == [401, 401]
-    changes = json.loads(pods.cli("audit", "--json").stdout)
+    changes = json.loads(pods.cli("audit").stdout)
     assert any(r["method"] == "CLI" and r["path"].startswith("keys revoke") for r in changes)
 
 
@@ -168,3 +168,11 @@ def test_a_user_added_on_one_pod_signs_in_on_the_other(pods: Pods) -> None:
     removed = pods.cli("users", "remove", "olga")
     assert removed.returncode == 0, removed.stderr
     assert pods.sign_in(a, password, username="olga").status_code == 401
+
+
+def test_the_admin_tool_refuses_to_run_without_the_database(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT", URL_ENV))}
+    done = subprocess.run([sys.executable, "-m", "prefectstack.auth.admin", "users", "list"],
+                          env=env, capture_output=True, text=True, timeout=60, check=False,
+                          cwd=tmp_path)
+    assert done.returncode == 2 and URL_ENV in done.stderr

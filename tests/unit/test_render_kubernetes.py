@@ -5,6 +5,7 @@ behind the Ingress) with the auth service checking every request."""
 from __future__ import annotations
 
 import base64
+import re
 import shutil
 import socket
 import subprocess
@@ -116,8 +117,13 @@ def test_secret_values_live_only_in_secret_yaml(rendered: tuple[Stack, Bundle]) 
     assert bundle.private == frozenset({"secret.yaml"})
     secret = find(bundle, "Secret", f"{stack.name}-secrets")
     decoded = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
-    for name, value in fake_secrets(stack).items():
-        assert decoded[name] == value
+    generated = fake_secrets(stack)
+    assert {k: decoded[k] for k in generated if k in decoded} == {
+        k: v for k, v in generated.items() if k in decoded}
+    # Every secret a manifest refers to is there (a generated one nothing uses is not).
+    refs = set(re.findall(r"'secretKeyRef': \{'name': '[^']+', 'key': '([^']+)'", str(
+        [o for o in objects(bundle) if o["kind"] != "Secret"])))
+    assert refs and refs <= set(decoded)
 
 
 def test_every_pod_runs_non_root_with_resources(rendered: tuple[Stack, Bundle]) -> None:
@@ -225,8 +231,41 @@ def test_edge_is_a_stateless_caddy_deployment_with_the_caddyfile_in_a_config_map
     caddyfile_parses(caddyfile, tmp_path)
 
 
-def test_auth_keeps_its_store_on_a_volume_claim() -> None:
+def test_replicated_auth_keeps_its_state_in_the_database_with_a_disruption_budget() -> None:
+    """Item 13: two auth pods by default, interchangeable (spread, rolling, a budget keeping
+    one), their state in a schema of the stack's database, started once it is migrated."""
     _, bundle = render("default")
+    auth = find(bundle, "Deployment", "auth")
+    assert auth["spec"]["replicas"] == 2
+    assert auth["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
+    assert "podAntiAffinity" in pod(auth)["affinity"]
+    main = pod(auth)["containers"][0]
+    assert not [m for m in main["volumeMounts"] if m["name"] == "auth"]
+    env = {e["name"]: e for e in main["env"]}
+    assert env["PREFECTSTACK_AUTH_DATABASE_URL"]["value"] == (
+        "postgresql://prefect:$(SECRET_POSTGRES_PASSWORD)@postgres:5432/prefect")
+    config = find(bundle, "ConfigMap", "auth-env")["data"]
+    assert config["PREFECTSTACK_AUTH_DATABASE_SCHEMA"] == "prefectstack_auth"
+    assert "PREFECTSTACK_AUTH_DIR" not in config
+    assert [c["name"] for c in pod(auth)["initContainers"]] == ["wait-for-migrate"]
+    budget = next(o for o in objects(bundle) if o["kind"] == "PodDisruptionBudget"
+                  and o["metadata"]["name"] == "auth")
+    assert budget["spec"]["minAvailable"] == 1
+    assert all(pod(auth) and auth["spec"]["template"]["metadata"]["labels"][k] == v
+               for k, v in budget["spec"]["selector"]["matchLabels"].items())
+    assert find(bundle, "Service", "auth")["spec"].get("clusterIP") != "None"
+    assert "Auth pods: 2" in bundle.files["README.md"]
+    assert "auth.admin users" in bundle.files["README.md"]
+
+
+def test_one_auth_pod_keeps_its_store_on_a_volume_claim() -> None:
+    stack = Stack.model_validate({"version": CURRENT_VERSION,
+                                  "edge": {"ingress": {"auth_replicas": 1}}})
+    bundle = kubernetes.render(stack, fake_secrets(stack))
+    assert "still" not in bundle.files["README.md"]
+    assert "a single pod (`edge.ingress.auth_replicas: 1`)" in bundle.files["README.md"]
+    assert not [o for o in objects(bundle) if o["kind"] == "PodDisruptionBudget"
+                and o["metadata"]["name"] == "auth"]
     auth = find(bundle, "StatefulSet", "auth")
     assert auth["spec"]["replicas"] == 1
     assert auth["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "auth"
@@ -331,10 +370,17 @@ def test_each_network_policy_admits_exactly_the_flows_the_topology_needs() -> No
     """Written out by hand from the topology (not from the renderer): PostgreSQL and Redis
     serve the server's processes (PostgreSQL the backup CronJob too), the API serves the
     edge and the auth service's websocket relay (and, with replicas, the other API pods'
-    readiness wait; with monitoring, Prometheus), auth serves the edge (and the backup
-    CronJob, which fetches the auth store), Prometheus serves
+    readiness wait; with monitoring, Prometheus), auth serves the edge (and, for a single
+    auth pod, the backup CronJob, which fetches its store; replicated auth pods use
+    PostgreSQL instead), Prometheus serves
     Grafana and Grafana nobody. Workers, pools and examples reach none of them."""
     assert policies(render("default")[1]) == {
+        "postgres": sorted([*SERVER, "auth"]), "redis": ["api", "migrate", "services"],
+        "api": ["auth", "edge"], "auth": ["edge"]}
+    # One auth pod: its own store, which the backup fetches from it.
+    single = Stack.model_validate({"version": CURRENT_VERSION,
+                                   "edge": {"ingress": {"auth_replicas": 1}}})
+    assert policies(kubernetes.render(single, fake_secrets(single))) == {
         "postgres": SERVER, "redis": ["api", "migrate", "services"],
         "api": ["auth", "edge"], "auth": ["backup", "edge"]}
     assert policies(render("three-apis")[1])["api"] == ["api", "auth", "edge"]
@@ -343,8 +389,8 @@ def test_each_network_policy_admits_exactly_the_flows_the_topology_needs() -> No
         "postgres": SERVER, "redis": ["api", "migrate", "services"]}
     assert "postgres" not in policies(render("external-postgres")[1])
     assert policies(render("monitoring")[1]) == {
-        "postgres": SERVER, "redis": ["api", "migrate", "services"],
-        "api": ["api", "auth", "edge", "prometheus"], "auth": ["backup", "edge"],
+        "postgres": sorted([*SERVER, "auth"]), "redis": ["api", "migrate", "services"],
+        "api": ["api", "auth", "edge", "prometheus"], "auth": ["edge"],
         "prometheus": ["grafana"], "grafana": []}
 
 
@@ -557,7 +603,6 @@ def test_edge_pods_are_replicated_with_a_disruption_budget() -> None:
                 "edge")["spec"]["replicas"] == 4
     _, edge_tls = render("edge-tls")  # its certificates on one claim: one pod
     assert find(edge_tls, "StatefulSet", "edge")["spec"]["replicas"] == 1
-    assert "still a single pod" in bundle.files["README.md"]
 
 
 def test_monitoring_scrapes_every_api_pod_and_only_grafana_queries_prometheus() -> None:
@@ -594,7 +639,8 @@ def test_monitoring_scrapes_every_api_pod_and_only_grafana_queries_prometheus() 
 
 def test_backup_cron_job_follows_the_stacks_backup_policy() -> None:
     stack = Stack.model_validate({"version": CURRENT_VERSION, "backup": {
-        "schedule": "30 1 * * 0", "keep": {"daily": 3, "weekly": 2, "monthly": 12}}})
+        "schedule": "30 1 * * 0", "keep": {"daily": 3, "weekly": 2, "monthly": 12}},
+        "edge": {"ingress": {"auth_replicas": 1}}})
     bundle = kubernetes.render(stack, fake_secrets(stack))
     cron = find(bundle, "CronJob", "backup")["spec"]
     assert (cron["schedule"], cron["timeZone"]) == ("30 1 * * 0", "Etc/UTC")
@@ -627,6 +673,13 @@ def test_backup_cron_job_follows_the_stacks_backup_policy() -> None:
     assert "backup" in policies(bundle)["auth"]
     readme = bundle.files["README.md"]
     assert "30 1 * * 0" in readme and "auth-STAMP.db" in readme
+    # Replicated auth (the default): its state is in the database the dump covers; no
+    # fetch from the auth service, no token anywhere.
+    _, replicated = render("default")
+    spec = pod(find(replicated, "CronJob", "backup")["spec"]["jobTemplate"])
+    assert [c["name"] for c in spec["initContainers"]] == ["dump"]
+    assert "auth_backup_token" not in str(objects(replicated))
+    assert "also holds the replicated auth service's users" in replicated.files["README.md"]
     # external PostgreSQL: the same dump, against the stack file's server
     _, external = render("external-postgres")
     dump = pod(find(external, "CronJob", "backup")["spec"]["jobTemplate"])["initContainers"][0]

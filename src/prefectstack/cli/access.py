@@ -17,18 +17,7 @@ from typing import TYPE_CHECKING
 from prefectstack.layout import Layout
 
 if TYPE_CHECKING:
-    from prefectstack.auth.database import PostgresDatabase
     from prefectstack.auth.store import Store
-
-
-def shared_database() -> PostgresDatabase | None:
-    """The replicated auth service's PostgreSQL database, when this runs where its URL is
-    set (`kubectl exec` into an auth pod): users, keys and the audit log are there, and
-    there is no stack file or state dir."""
-    from prefectstack.auth.database import SCHEMA_ENV, URL_ENV, PostgresDatabase
-
-    url = os.environ.get(URL_ENV)
-    return PostgresDatabase(url, schema=os.environ.get(SCHEMA_ENV) or None) if url else None
 
 
 @contextmanager
@@ -37,14 +26,6 @@ def open_store(stack_path: str | None) -> Iterator[Store]:
     from prefectstack.runtime import pgdata
     from prefectstack.stack.loader import load_stack
 
-    database = shared_database()
-    if database is not None:
-        shared = Store(Path("."), database=database)
-        try:
-            yield shared
-        finally:
-            shared.close()
-        return
     loaded = load_stack(stack_path)
     directory = Layout(loaded.state_dir).auth_dir
     owner = _owner(directory)
@@ -63,24 +44,16 @@ def record_cli(stack_path: str | None, action: str, key_prefix: str | None = Non
     edge: who ran it (the OS account), what changed, never a secret."""
     import getpass
 
-    from prefectstack.auth.audit import AuditLog, DatabaseAuditLog, Record, now_iso
+    from prefectstack.auth.audit import AuditLog, Record, now_iso
     from prefectstack.runtime import pgdata
     from prefectstack.stack.loader import load_stack
 
-    record = Record(
-        time=now_iso(), identity=f"cli:{getpass.getuser()}", role="admin", method="CLI",
-        path=action, status=200, client="local", key_prefix=key_prefix,
-        reason="changed from the prefectstack command line")
-    database = shared_database()
-    if database is not None:
-        try:
-            DatabaseAuditLog(database).write(record)
-        finally:
-            database.close()
-        return
     loaded = load_stack(stack_path)
     log = Layout(loaded.state_dir).audit_file
-    AuditLog(log).write(record)
+    AuditLog(log).write(Record(
+        time=now_iso(), identity=f"cli:{getpass.getuser()}", role="admin", method="CLI",
+        path=action, status=200, client="local", key_prefix=key_prefix,
+        reason="changed from the prefectstack command line"))
     owner = _owner(log.parent)
     if pgdata.is_root() and owner:
         os.chown(log, *owner)

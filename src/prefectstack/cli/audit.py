@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import click
 
 from prefectstack import console
-from prefectstack.cli.access import shared_database
 from prefectstack.cli.options import json_flag, stack_file
 from prefectstack.layout import Layout
 
@@ -27,14 +24,9 @@ def audit(
     from prefectstack.auth import audit as audit_log
     from prefectstack.stack.loader import locate_state_dir
 
+    path = Layout(locate_state_dir(stack_path)).audit_file
     moment = audit_log.parse_since(since) if since else None
-    database = shared_database()
-    if database is not None:  # in a replicated auth service's pod: its shared table
-        with contextlib.closing(database):
-            records = list(audit_log.read_database(database, user=user, since=moment))[-limit:]
-    else:
-        path = Layout(locate_state_dir(stack_path)).audit_file
-        records = list(audit_log.read(path, user=user, since=moment))[-limit:]
+    records = list(audit_log.read(path, user=user, since=moment))[-limit:]
     if as_json:
         console.json_out([asdict(r) for r in records])
         return

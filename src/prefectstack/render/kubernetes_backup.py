@@ -7,10 +7,12 @@ of each of the last N days, ISO weeks and months: `jobs/backup_prune.py`). pg_du
 from the newest PostgreSQL image: it dumps every older server (the embedded one and an
 external one alike), while an older pg_dump refuses a newer server.
 
-The auth store (users and API keys, SQLite on the auth pod's ReadWriteOnce claim, which no
-other pod can mount) is fetched from the auth service in the same Job: `GET /auth/backup`
-with the stack's `auth_backup_token` (auth/store_backup.py), an online copy, `auth-STAMP.db`.
-What it does not cover, said in the README: the audit log, the edge's storage,
+A replicated auth service (`edge.ingress.auth_replicas` > 1, the default) keeps its state in
+a schema of the same database: the dump covers it. A single auth pod's store (SQLite on its
+ReadWriteOnce claim, which no other pod can mount) is fetched from the auth service in the
+same Job: `GET /auth/backup` with the stack's `auth_backup_token` (auth/store_backup.py),
+an online copy, `auth-STAMP.db`. What it does not cover, said in the README: the single
+auth pod's audit log, the edge's storage,
 `backup.encrypt` and `backup.s3` (the files stay unencrypted on the claim) and the Secret
 (which your secret manager or these manifests hold).
 """
@@ -193,17 +195,27 @@ None here: `backup.enabled` is false in the stack file.
     verb = "are" if len(ignored) > 1 else "is"
     extra = (f" The stack file's `backup.{'` and `backup.'.join(ignored)}` {verb} not applied "
              "here: the dumps stay unencrypted, on the claim only." if ignored else "")
-    return f"""
-## Backups
-
-The `{NAME}` CronJob dumps the Prefect database (`pg_dump --format=custom`,
+    if covers_auth(ctx, stack):
+        what = f"""dumps the Prefect database (`pg_dump --format=custom`,
 `prefect-STAMP.dump`) and fetches an online copy of the auth service's store (users and API
 keys, `auth-STAMP.db`, from `GET /auth/backup` with the generated `auth_backup_token`; the
 edge never forwards that path) onto the `{CLAIM}` PersistentVolumeClaim ({STORAGE}) on
 `{stack.backup.schedule}` (UTC), then keeps the newest of each kind for each of the last
 {keep.daily} days, {keep.weekly} ISO weeks and {keep.monthly} months (`backup.keep`).{extra}
 It does not cover the audit log (on the `auth` pod's claim), the edge's storage (its CA;
-with `tls: edge` also its ACME state) nor the Secret: keep a copy of `secret.yaml`.
+with `tls: edge` also its ACME state) nor the Secret: keep a copy of `secret.yaml`."""
+    else:
+        what = f"""dumps the Prefect database (`pg_dump --format=custom`,
+`prefect-STAMP.dump`), which also holds the replicated auth service's users, API keys,
+sessions and audit log (its own schema), onto the `{CLAIM}` PersistentVolumeClaim
+({STORAGE}) on `{stack.backup.schedule}` (UTC), then keeps the newest for each of the last
+{keep.daily} days, {keep.weekly} ISO weeks and {keep.monthly} months (`backup.keep`).{extra}
+It does not cover the edge's storage (with `tls: edge`, its ACME state) nor the Secret:
+keep a copy of `secret.yaml`."""
+    return f"""
+## Backups
+
+The `{NAME}` CronJob {what}
 A backup now:
 
     kubectl -n {ctx.namespace} create job --from=cronjob/{NAME} {NAME}-now

@@ -263,8 +263,10 @@ def migrated_wait(ctx: Context, waiter: Container) -> dict[str, Any]:
     """Wait for the database's schema to reach Prefect's migration head (not for a Job by
     name: a deleted Job would leave restarted pods waiting forever)."""
     url = "PREFECT_SERVER_DATABASE_CONNECTION_URL"
-    env = env_list(ctx, waiter, {url: waiter.env[url]}) if secret_refs(waiter.env[url]) else [
-        {"name": url, "value": waiter.env[url]}]
+    value = _database_url(waiter)
+    assert value is not None
+    env = env_list(ctx, waiter, {url: value}) if secret_refs(value) else [
+        {"name": url, "value": value}]
     mounts: list[dict[str, Any]] = []
     if ctx.app_files is not None:
         env = [*_installed_env(), *env]
@@ -278,6 +280,14 @@ def migrated_wait(ctx: Context, waiter: Container) -> dict[str, Any]:
         "securityContext": container_security(),
         "volumeMounts": [*mounts, *scratch_mounts("prefect")],
     }
+
+
+def _database_url(c: Container) -> str | None:
+    """The database URL a container uses: Prefect's, or the replicated auth service's."""
+    for name in ("PREFECT_SERVER_DATABASE_CONNECTION_URL", "PREFECTSTACK_AUTH_DATABASE_URL"):
+        if name in c.env:
+            return c.env[name]
+    return None
 
 
 def wait_container(ctx: Context, dep: Container) -> dict[str, Any]:
@@ -322,7 +332,7 @@ def pod_spec(ctx: Context, c: Container, init: list[Container]) -> dict[str, Any
             dep = ctx.by_name.get(name)
             if dep is None or name in folded:
                 continue
-            if dep.role == "migrate" and "PREFECT_SERVER_DATABASE_CONNECTION_URL" in step.env:
+            if dep.role == "migrate" and _database_url(step) is not None:
                 inits.append(migrated_wait(ctx, step))
             else:
                 inits.append(wait_container(ctx, dep))
@@ -365,7 +375,8 @@ def pod_spec(ctx: Context, c: Container, init: list[Container]) -> dict[str, Any
 
 def workload(ctx: Context, c: Container) -> dict[str, Any]:
     template = {"metadata": {"labels": ctx.labels(c)}, "spec": pod_spec(ctx, c, [])}
-    if c.scalable:
+    interchangeable = c.scalable or c.replicas > 1  # API pods, replicated auth pods
+    if interchangeable:
         template["spec"]["affinity"] = spread(ctx, c.role)
     if c.volumes:  # stateful: one pod, a claim per volume
         return {
@@ -391,7 +402,7 @@ def workload(ctx: Context, c: Container) -> dict[str, Any]:
             # worker of the same name) must not overlap with the first.
             "strategy": {"type": "RollingUpdate",
                          "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
-            if c.scalable else {"type": "Recreate"},
+            if interchangeable else {"type": "Recreate"},
             "template": template,
         },
     }
