@@ -129,3 +129,57 @@ def test_the_rendered_cronjob_script_fetches_it_with_wget(tmp_path: Path) -> Non
     assert len(files) == 1 and files[0].startswith("auth-") and files[0].endswith(".db")
     assert (out / files[0]).read_bytes().startswith(b"SQLite format 3")
     assert seen == [f"Bearer {TOKEN}", "Bearer wrong"]
+
+
+def test_a_single_kubernetes_pods_audit_log_is_in_the_copy(tmp_path: Path) -> None:
+    """One auth pod in Kubernetes keeps its audit log in the store, so the backup job's copy
+    holds it with the users and keys (the local stack keeps a file `prefectstack audit`
+    reads)."""
+    from prefectstack.auth.audit import DatabaseAuditLog, Record, now_iso, read_database
+    from prefectstack.auth.database import SqliteDatabase
+
+    _wrapped, store = _app(tmp_path, TOKEN)
+    assert store.path is not None
+    DatabaseAuditLog(store.db).write(Record(
+        time=now_iso(), identity="ada", role="admin", method="POST", path="/api/x",
+        status=200, client="192.0.2.1"))
+    copy = online_copy(store.path)
+    try:
+        restored = SqliteDatabase(copy)
+        assert [r.identity for r in read_database(restored)] == ["ada"]
+        restored.close()
+    finally:
+        copy.unlink()
+
+
+def test_the_admin_tool_manages_a_single_pods_store(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`python -m prefectstack.auth.admin` in a single auth pod (its store directory set, the
+    audit log in the store): users and keys as on a replicated service, every change in
+    the audit log the backup copies."""
+    import json
+
+    from prefectstack.auth import admin
+
+    monkeypatch.setenv("PREFECTSTACK_AUTH_DIR", str(tmp_path / "auth"))
+    monkeypatch.delenv("PREFECTSTACK_AUTH_DATABASE_URL", raising=False)
+    monkeypatch.delenv("PREFECTSTACK_AUDIT_IN_STORE", raising=False)
+    assert admin.main(["users", "list"]) == 2  # the audit log would not be in the store
+    monkeypatch.setenv("PREFECTSTACK_AUDIT_IN_STORE", "1")
+    assert admin.main(["users", "add", "olga", "--role", "operator"]) == 0
+    assert admin.main(["users", "add", "olga", "--role", "viewer"]) == 2  # exists: refused
+    assert admin.main(["keys", "create", "ci", "--role", "worker", "--pool", "gpu"]) == 0
+    capsys.readouterr()
+    assert admin.main(["keys", "list"]) == 0
+    keys = json.loads(capsys.readouterr().out)
+    assert [(k["name"], k["role"], k["pools"]) for k in keys] == [("ci", "worker", ["gpu"])]
+    assert admin.main(["keys", "revoke", keys[0]["prefix"]]) == 0
+    capsys.readouterr()
+    assert admin.main(["audit"]) == 0
+    paths = [r["path"] for r in json.loads(capsys.readouterr().out)]
+    assert paths == ["users add olga --role operator", "keys create ci --role worker",
+                     f"keys revoke {keys[0]['prefix']}"]
+    store = Store(tmp_path / "auth")
+    assert [u.username for u in store.users()] == ["olga"]
+    store.close()

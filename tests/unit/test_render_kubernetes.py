@@ -258,6 +258,13 @@ def test_replicated_auth_keeps_its_state_in_the_database_with_a_disruption_budge
     assert "auth.admin users" in bundle.files["README.md"]
 
 
+def test_the_auth_services_variables_are_the_ones_it_reads() -> None:
+    from prefectstack.auth import database
+
+    assert (kubernetes.AUTH_URL, kubernetes.AUTH_SCHEMA_ENV, kubernetes.AUDIT_IN_STORE_ENV) == (
+        database.URL_ENV, database.SCHEMA_ENV, database.AUDIT_IN_STORE_ENV)
+
+
 def test_one_auth_pod_keeps_its_store_on_a_volume_claim() -> None:
     stack = Stack.model_validate({"version": CURRENT_VERSION,
                                   "edge": {"ingress": {"auth_replicas": 1}}})
@@ -266,6 +273,8 @@ def test_one_auth_pod_keeps_its_store_on_a_volume_claim() -> None:
     assert "a single pod (`edge.ingress.auth_replicas: 1`)" in bundle.files["README.md"]
     assert not [o for o in objects(bundle) if o["kind"] == "PodDisruptionBudget"
                 and o["metadata"]["name"] == "auth"]
+    # Its audit log in its store, which the backup job copies with users and keys.
+    assert find(bundle, "ConfigMap", "auth-env")["data"]["PREFECTSTACK_AUDIT_IN_STORE"] == "1"
     auth = find(bundle, "StatefulSet", "auth")
     assert auth["spec"]["replicas"] == 1
     assert auth["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "auth"

@@ -17,7 +17,7 @@ import uvicorn
 
 from prefectstack.auth.app import AuthConfig, create_app
 from prefectstack.auth.audit import AuditLog, DatabaseAuditLog, retention_days_from
-from prefectstack.auth.database import SqliteDatabase, from_environment
+from prefectstack.auth.database import AUDIT_IN_STORE_ENV, DIR_ENV, SqliteDatabase, from_environment
 from prefectstack.auth.gate import Gate
 from prefectstack.auth.roles import Role
 from prefectstack.auth.store import DB_FILE, Store
@@ -49,7 +49,7 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    directory = Path(os.environ.get("PREFECTSTACK_AUTH_DIR", "."))
+    directory = Path(os.environ.get(DIR_ENV, "."))
     database = from_environment(os.environ, directory, DB_FILE)
     store = Store(directory, database=database)
     bootstrap(store)
@@ -65,8 +65,12 @@ def main() -> None:
     audit: AuditLog
     throttle: Throttle
     if isinstance(database, SqliteDatabase):  # one auth process
-        audit = AuditLog(directory / AUDIT_FILE, retention_days=retention)
         throttle = Throttle()
+        if os.environ.get(AUDIT_IN_STORE_ENV) == "1":
+            # A single Kubernetes pod: the log in the store, which the backup copies.
+            audit = DatabaseAuditLog(database, retention_days=retention)
+        else:  # the local stack: a file `prefectstack audit` reads
+            audit = AuditLog(directory / AUDIT_FILE, retention_days=retention)
     else:  # the pods of a replicated auth service share them
         audit = DatabaseAuditLog(database, retention_days=retention)
         throttle = SharedThrottle(database)

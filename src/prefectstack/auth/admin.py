@@ -1,6 +1,7 @@
-"""Users, API keys and the audit log of a replicated auth service, from inside one of its pods
-(`kubectl exec deploy/auth -- python -m prefectstack.auth.admin ...`), where the database's
-URL is set and the image has no prefectstack CLI. The same operations as `prefectstack
+"""Users, API keys and the audit log of a Kubernetes auth service, from inside one of its
+pods (`kubectl exec deploy/auth -- python -m prefectstack.auth.admin ...`), where the store is
+set (a replicated service's database URL, or a single pod's store directory with the audit
+log in the store) and the image has no prefectstack CLI. The same operations as `prefectstack
 users|keys|audit` on a local stack, each change audited as `admin:<OS account>`.
 
     users add NAME --role R [--password-stdin] | users list | users remove NAME
@@ -24,9 +25,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from prefectstack.auth.audit import DatabaseAuditLog, Record, now_iso, read_database
-from prefectstack.auth.database import URL_ENV, Database, from_environment
+from prefectstack.auth.database import (
+    AUDIT_IN_STORE_ENV,
+    DIR_ENV,
+    URL_ENV,
+    Database,
+    from_environment,
+)
 from prefectstack.auth.roles import Role
-from prefectstack.auth.store import Store
+from prefectstack.auth.store import DB_FILE, Store
 from prefectstack.errors import StackError
 
 
@@ -104,11 +111,14 @@ def run(args: argparse.Namespace, db: Database) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if not os.environ.get(URL_ENV):
-        print(f"error: {URL_ENV} is not set: run this in a pod of a replicated auth service "
-              "(a local stack has `prefectstack users|keys|audit`)", file=sys.stderr)
+    directory = os.environ.get(DIR_ENV)
+    if not os.environ.get(URL_ENV) and not (
+            directory and os.environ.get(AUDIT_IN_STORE_ENV) == "1"):
+        print(f"error: neither {URL_ENV} nor {DIR_ENV} with the audit log in the store is "
+              "set: run this in an auth pod (a local stack has `prefectstack users|keys|"
+              "audit`)", file=sys.stderr)
         return 2
-    db = from_environment(os.environ, Path("."), "unused")
+    db = from_environment(os.environ, Path(directory or "."), DB_FILE)
     try:
         run(args, db)
     except StackError as exc:

@@ -22,6 +22,8 @@ from typing import Any, Protocol
 
 URL_ENV = "PREFECTSTACK_AUTH_DATABASE_URL"  # postgresql://...; unset: the SQLite file
 SCHEMA_ENV = "PREFECTSTACK_AUTH_DATABASE_SCHEMA"  # the schema of that database to use
+DIR_ENV = "PREFECTSTACK_AUTH_DIR"  # the SQLite store's directory
+AUDIT_IN_STORE_ENV = "PREFECTSTACK_AUDIT_IN_STORE"  # "1": a SQLite store holds the audit log
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 ADVISORY_LOCK = 0x70667361  # "pfsa": the auth service's one advisory lock
 _REAL = re.compile(r"\bREAL\b")

@@ -11,10 +11,10 @@ A replicated auth service (`edge.ingress.auth_replicas` > 1, the default) keeps 
 a schema of the same database: the dump covers it. A single auth pod's store (SQLite on its
 ReadWriteOnce claim, which no other pod can mount) is fetched from the auth service in the
 same Job: `GET /auth/backup` with the stack's `auth_backup_token` (auth/store_backup.py),
-an online copy, `auth-STAMP.db`. What it does not cover, said in the README: the single
-auth pod's audit log, the edge's storage,
-`backup.encrypt` and `backup.s3` (the files stay unencrypted on the claim) and the Secret
-(which your secret manager or these manifests hold).
+an online copy, `auth-STAMP.db`, with the audit log (kept in the store there). What it does
+not cover, said in the README: the edge's storage (with `tls: edge`, its ACME state, which
+the edge obtains again), `backup.encrypt` and `backup.s3` (the files stay unencrypted on the
+claim) and the Secret (which your secret manager or these manifests hold).
 """
 
 from __future__ import annotations
@@ -198,20 +198,21 @@ None here: `backup.enabled` is false in the stack file.
     if covers_auth(ctx, stack):
         what = f"""dumps the Prefect database (`pg_dump --format=custom`,
 `prefect-STAMP.dump`) and fetches an online copy of the auth service's store (users and API
-keys, `auth-STAMP.db`, from `GET /auth/backup` with the generated `auth_backup_token`; the
-edge never forwards that path) onto the `{CLAIM}` PersistentVolumeClaim ({STORAGE}) on
-`{stack.backup.schedule}` (UTC), then keeps the newest of each kind for each of the last
-{keep.daily} days, {keep.weekly} ISO weeks and {keep.monthly} months (`backup.keep`).{extra}
-It does not cover the audit log (on the `auth` pod's claim), the edge's storage (its CA;
-with `tls: edge` also its ACME state) nor the Secret: keep a copy of `secret.yaml`."""
+keys and the audit log, `auth-STAMP.db`, from `GET /auth/backup` with the generated
+`auth_backup_token`; the edge never forwards that path) onto the `{CLAIM}`
+PersistentVolumeClaim ({STORAGE}) on `{stack.backup.schedule}` (UTC), then keeps the newest
+of each kind for each of the last {keep.daily} days, {keep.weekly} ISO weeks and
+{keep.monthly} months (`backup.keep`).{extra} It does not cover the edge's storage (with
+`tls: edge`, its ACME state, which the edge obtains again) nor the Secret: keep a copy of
+`secret.yaml`."""
     else:
         what = f"""dumps the Prefect database (`pg_dump --format=custom`,
 `prefect-STAMP.dump`), which also holds the replicated auth service's users, API keys,
 sessions and audit log (its own schema), onto the `{CLAIM}` PersistentVolumeClaim
 ({STORAGE}) on `{stack.backup.schedule}` (UTC), then keeps the newest for each of the last
 {keep.daily} days, {keep.weekly} ISO weeks and {keep.monthly} months (`backup.keep`).{extra}
-It does not cover the edge's storage (with `tls: edge`, its ACME state) nor the Secret:
-keep a copy of `secret.yaml`."""
+It does not cover the edge's storage (with `tls: edge`, its ACME state, which the edge
+obtains again) nor the Secret: keep a copy of `secret.yaml`."""
     return f"""
 ## Backups
 
