@@ -21,7 +21,7 @@ import pytest
 from prefectstack.auth.database import SCHEMA_ENV, URL_ENV
 
 from .conftest import free_port, log_problems, wait_for
-from .postgres_server import running_postgres
+from .postgres_server import PostgresServer, postgres_server
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +34,8 @@ EDGE = {"Origin": ORIGIN, "X-Forwarded-Proto": "https", "X-Forwarded-Host": "pre
 
 
 class Pods:
-    def __init__(self, url: str, ports: list[int], logs: Path) -> None:
+    def __init__(self, url: str, ports: list[int], logs: Path, pg: PostgresServer) -> None:
+        self.pg = pg
         self.url = url
         self.ports = ports
         self.logs = logs
@@ -65,9 +66,9 @@ class Pods:
 @pytest.fixture(scope="module")
 def pods(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pods]:
     root = tmp_path_factory.mktemp("authpg")
-    with running_postgres(root / "pg", {"prefect": ("prefect-test-password", "prefect")}
-                          ) as port:
-        url = f"postgresql://prefect:prefect-test-password@127.0.0.1:{port}/prefect"
+    with postgres_server(root / "pg", {"prefect": ("prefect-test-password", "prefect")}
+                         ) as pg:
+        url = f"postgresql://prefect:prefect-test-password@127.0.0.1:{pg.port}/prefect"
         logs = root / "logs"
         logs.mkdir()
         ports = [free_port(), free_port()]
@@ -91,7 +92,7 @@ def pods(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pods]:
                     except httpx.HTTPError:
                         return False
                 wait_for(ready, 60, f"auth on port {auth_port}")
-            yield Pods(url, ports, logs)
+            yield Pods(url, ports, logs, pg)
         finally:
             for proc in procs:
                 proc.terminate()
@@ -168,6 +169,24 @@ def test_a_user_added_on_one_pod_signs_in_on_the_other(pods: Pods) -> None:
     removed = pods.cli("users", "remove", "olga")
     assert removed.returncode == 0, removed.stderr
     assert pods.sign_in(a, password, username="olga").status_code == 401
+
+
+def test_a_database_restart_costs_a_retry_not_an_error(pods: Pods) -> None:
+    """PostgreSQL restarts (a failover, a rescheduled pod): while it is away the pods answer
+    503, which Prefect's clients retry (a 500 they would not), and let nothing through; once
+    it is back the same pods answer on new connections."""
+    made = pods.cli("keys", "create", "during-restart", "--role", "viewer")
+    key = made.stdout.strip().splitlines()[-1]
+    bearer = {"Authorization": f"Bearer {key}"}
+    assert [pods.verify(p, bearer) for p in pods.ports] == [200, 200]
+    pods.pg.stop()
+    try:
+        assert [pods.verify(p, bearer) for p in pods.ports] == [503, 503]
+        assert [pods.verify(p, {}) for p in pods.ports] == [401, 401]  # no credentials: no DB
+    finally:
+        pods.pg.start()
+    assert [pods.verify(p, bearer) for p in pods.ports] == [200, 200]
+    assert pods.sign_in(pods.ports[0], ADMIN_PASSWORD).status_code == 303
 
 
 def test_the_admin_tool_refuses_to_run_without_the_database(tmp_path: Path) -> None:

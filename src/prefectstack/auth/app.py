@@ -23,6 +23,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from prefectstack.auth import credentials as creds
 from prefectstack.auth.audit import AuditLog, Record, now_iso
 from prefectstack.auth.bodies import needs_body_check
+from prefectstack.auth.database import DatabaseUnavailable
 from prefectstack.auth.guard import BodyGuard
 from prefectstack.auth.pages import CONTENT_SECURITY_POLICY, login_page
 from prefectstack.auth.policy import Decision, decide, split_uri
@@ -466,4 +467,12 @@ def create_app(
         routes.append(Route(SETTINGS_PATH, settings.handle, methods=["GET"]))
         guard = BodyGuard(service, upstreams)
         routes.append(Route("/api/{path:path}", guard.handle, methods=["POST", "PATCH"]))
-    return Starlette(routes=routes)
+    return Starlette(routes=routes,
+                     exception_handlers={DatabaseUnavailable: _store_unavailable})
+
+
+async def _store_unavailable(request: Request, exc: Exception) -> Response:
+    """The replicated store's database is away (a restart, a failover): 503, which Prefect's
+    clients retry, instead of a 500 they would not; the request is not let through."""
+    return JSONResponse({"detail": "the auth store is unavailable; retry"}, 503,
+                        headers={"Retry-After": "1"})

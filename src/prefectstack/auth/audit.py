@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import tempfile
 import threading
 import time
@@ -256,8 +257,16 @@ class DatabaseAuditLog(AuditLog):
         pass  # no file
 
     def _append(self, record: Record) -> None:
-        self.db.execute("INSERT INTO auth_audit (at, record) VALUES (?, ?)",
-                        (record.moment.timestamp(), bounded(record).to_json()))
+        from prefectstack.auth.database import DatabaseUnavailable
+
+        try:
+            self.db.execute("INSERT INTO auth_audit (at, record) VALUES (?, ?)",
+                            (record.moment.timestamp(), bounded(record).to_json()))
+        except DatabaseUnavailable as exc:
+            # Only a refusal can happen while the database is away (every allowed request
+            # needs it to check its credentials): say it was lost rather than fail the answer.
+            print(f"warning: audit record not written, the database is unavailable ({exc}): "
+                  f"{bounded(record).to_json()}", file=sys.stderr, flush=True)
 
     def _prune(self, now: float) -> None:
         self._pruned_at = now

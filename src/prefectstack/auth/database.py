@@ -29,6 +29,11 @@ ADVISORY_LOCK = 0x70667361  # "pfsa": the auth service's one advisory lock
 _REAL = re.compile(r"\bREAL\b")
 
 
+class DatabaseUnavailable(Exception):
+    """The shared database could not be reached (the auth service answers 503, which
+    Prefect's clients retry, and never lets the request through)."""
+
+
 class Cursor(Protocol):
     rowcount: int
 
@@ -105,6 +110,13 @@ class SqliteDatabase:
         self._conn.close()
 
 
+def _checked(conn: Any) -> Any:
+    """The connection, once it answered: a transaction's first statement then meets a live
+    one (a dropped connection is found here, where it can still be replaced)."""
+    conn.execute("SELECT 1")
+    return conn
+
+
 def postgres_sql(sql: str) -> str:
     """SQLite's dialect of our statements, as PostgreSQL's driver takes it."""
     if "%" in sql:
@@ -123,9 +135,10 @@ class _PgConnection:
 
 class PostgresDatabase:
     """One connection (psycopg 3, autocommit outside `tx`), shared under a lock: the auth
-    service's statements are short, indexed lookups. A connection found broken is replaced
-    on the next call; the call that found it fails (the edge then refuses the request: a
-    database outage never lets a request through)."""
+    service's statements are short, indexed lookups. A connection the server dropped (a
+    restart, a failover) is replaced and the read or write tried once more on the new one;
+    a transaction first checks its connection. A server still away raises
+    DatabaseUnavailable: the request is refused, never let through."""
 
     kind = "postgresql"
 
@@ -143,21 +156,45 @@ class PostgresDatabase:
 
     def _connection(self) -> Any:
         import psycopg
-        from psycopg.rows import dict_row
 
         if self._conn is None or self._conn.closed or self._conn.broken:
             if self._conn is not None:
                 self._conn.close()
-            conn = psycopg.connect(self.url, autocommit=True, row_factory=dict_row,
-                                   connect_timeout=max(1, int(self.connect_timeout)),
-                                   application_name="prefectstack-auth")
-            if self.schema is not None:
-                with conn.transaction():  # pods starting together: one creates it
-                    conn.execute(f"SELECT pg_advisory_xact_lock({ADVISORY_LOCK})")
-                    conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
-                conn.execute(f"SET search_path TO {self.schema}")
-            self._conn = conn
+            try:
+                self._conn = self._connect()
+            except psycopg.OperationalError as exc:
+                self._conn = None
+                raise DatabaseUnavailable(str(exc).strip()) from exc
         return self._conn
+
+    def _once_more(self, action: Any) -> Any:
+        """`action(connection)`, again on a new connection if the server dropped this one."""
+        import psycopg
+
+        conn = self._connection()
+        try:
+            return action(conn)
+        except psycopg.OperationalError as exc:
+            if not conn.broken:
+                raise DatabaseUnavailable(str(exc).strip()) from exc
+        try:
+            return action(self._connection())
+        except psycopg.OperationalError as exc:
+            raise DatabaseUnavailable(str(exc).strip()) from exc
+
+    def _connect(self) -> Any:
+        import psycopg
+        from psycopg.rows import dict_row
+
+        conn = psycopg.connect(self.url, autocommit=True, row_factory=dict_row,
+                               connect_timeout=max(1, int(self.connect_timeout)),
+                               application_name="prefectstack-auth")
+        if self.schema is not None:
+            with conn.transaction():  # pods starting together: one creates it
+                conn.execute(f"SELECT pg_advisory_xact_lock({ADVISORY_LOCK})")
+                conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
+            conn.execute(f"SET search_path TO {self.schema}")
+        return conn
 
     def script(self, sql: str) -> None:
         with self.tx(lock=True) as conn:  # concurrent CREATE TABLE IF NOT EXISTS can clash
@@ -167,18 +204,23 @@ class PostgresDatabase:
 
     @contextmanager
     def tx(self, *, lock: bool = False) -> Iterator[Connection]:
+        import psycopg
+
         with self._lock:
-            conn = self._connection()
-            with conn.transaction():
-                wrapped = _PgConnection(conn)
-                if lock:
-                    wrapped.execute("SELECT pg_advisory_xact_lock(?)", (ADVISORY_LOCK,))
-                yield wrapped
+            conn = self._once_more(_checked)
+            try:
+                with conn.transaction():
+                    wrapped = _PgConnection(conn)
+                    if lock:
+                        wrapped.execute("SELECT pg_advisory_xact_lock(?)", (ADVISORY_LOCK,))
+                    yield wrapped
+            except psycopg.OperationalError as exc:
+                raise DatabaseUnavailable(str(exc).strip()) from exc
 
     def query(self, sql: str, args: Sequence[object] = ()) -> list[Mapping[str, Any]]:
         with self._lock:
-            rows: list[Mapping[str, Any]] = (
-                self._connection().execute(postgres_sql(sql), tuple(args)).fetchall())
+            rows: list[Mapping[str, Any]] = self._once_more(
+                lambda c: c.execute(postgres_sql(sql), tuple(args)).fetchall())
             return rows
 
     def columns(self, table: str) -> set[str]:
@@ -188,7 +230,7 @@ class PostgresDatabase:
 
     def execute(self, sql: str, args: Sequence[object] = ()) -> None:
         with self._lock:
-            self._connection().execute(postgres_sql(sql), tuple(args))
+            self._once_more(lambda c: c.execute(postgres_sql(sql), tuple(args)))
 
     def close(self) -> None:
         with self._lock:

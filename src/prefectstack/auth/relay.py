@@ -40,6 +40,7 @@ from websockets.typing import Subprotocol
 
 from prefectstack.apikeys import key_prefix
 from prefectstack.auth import credentials as creds
+from prefectstack.auth.database import DatabaseUnavailable
 from prefectstack.auth.policy import decide, split_uri
 from prefectstack.auth.store import Identity, Store
 
@@ -182,6 +183,9 @@ class Relay:
             await websocket.close(POLICY_VIOLATION, reason=refusal.reason if accepted else None)
             return
         except (WebSocketDisconnect, ConnectionClosed):
+            return
+        except DatabaseUnavailable:  # the replicated store is away: the client reconnects
+            await websocket.close(TRY_AGAIN_LATER, reason="the auth store is unavailable")
             return
         assert credential is not None and identity is not None
         await self._relay(websocket, path, target, prefect, credential, identity)
@@ -329,7 +333,10 @@ class Relay:
         """Close the socket once its credential stops being valid."""
         while True:
             await asyncio.sleep(self.recheck_seconds)
-            now = await run_in_threadpool(still_valid, self.service.store, credential)
+            try:
+                now = await run_in_threadpool(still_valid, self.service.store, credential)
+            except DatabaseUnavailable:
+                continue  # revocations are written there too: checked again once it is back
             if now is None or not decide(now.role, "GET", path).allowed:
                 reason = "credentials revoked or expired"
                 self._audit(websocket, path, 401, identity, f"websocket closed: {reason}",
