@@ -169,16 +169,20 @@ def test_the_admin_tool_manages_a_single_pods_store(
     monkeypatch.setenv("PREFECTSTACK_AUDIT_IN_STORE", "1")
     assert admin.main(["users", "add", "olga", "--role", "operator"]) == 0
     assert admin.main(["users", "add", "olga", "--role", "viewer"]) == 2  # exists: refused
-    assert admin.main(["keys", "create", "ci", "--role", "worker", "--pool", "gpu"]) == 0
+    assert admin.main(["keys", "create", "ci", "--role", "worker", "--pool", "gpu",
+                       "--expires-in", "90d"]) == 0
+    assert admin.main(["keys", "create", "x", "--role", "viewer", "--expires-in", "soon"]) == 2
     capsys.readouterr()
     assert admin.main(["keys", "list"]) == 0
     keys = json.loads(capsys.readouterr().out)
     assert [(k["name"], k["role"], k["pools"]) for k in keys] == [("ci", "worker", ["gpu"])]
+    assert 89 * 86400 < keys[0]["expires_at"] - keys[0]["created_at"] <= 90 * 86400
     assert admin.main(["keys", "revoke", keys[0]["prefix"]]) == 0
     capsys.readouterr()
     assert admin.main(["audit"]) == 0
     paths = [r["path"] for r in json.loads(capsys.readouterr().out)]
-    assert paths == ["users add olga --role operator", "keys create ci --role worker",
+    assert paths == ["users add olga --role operator",
+                     "keys create ci --role worker --pool gpu",
                      f"keys revoke {keys[0]['prefix']}"]
     store = Store(tmp_path / "auth")
     assert [u.username for u in store.users()] == ["olga"]

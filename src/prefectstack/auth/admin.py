@@ -5,7 +5,7 @@ log in the store) and the image has no prefectstack CLI. The same operations as 
 users|keys|audit` on a local stack, each change audited as `admin:<OS account>`.
 
     users add NAME --role R [--password-stdin] | users list | users remove NAME
-    keys create NAME --role R [--expires-in SECONDS] [--pool P ...] | keys list
+    keys create NAME --role R [--expires-in 90d] [--pool P ...] | keys list
     keys revoke PREFIX | audit [--user U] [--since ISO] [-n N]
 
 A generated password or a new key is printed once; nothing else prints a secret.
@@ -32,6 +32,7 @@ from prefectstack.auth.database import (
     Database,
     from_environment,
 )
+from prefectstack.auth.lifetime import parse_duration
 from prefectstack.auth.roles import Role
 from prefectstack.auth.store import DB_FILE, Store
 from prefectstack.errors import StackError
@@ -52,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     create = keys.add_parser("create")
     create.add_argument("name")
     create.add_argument("--role", choices=[r.value for r in Role], required=True)
-    create.add_argument("--expires-in", type=float, default=None, help="seconds")
+    create.add_argument("--expires-in", default=None, help="a lifetime: 30m, 12h, 90d, 4w")
     create.add_argument("--pool", dest="pools", action="append", default=None)
     keys.add_parser("list")
     keys.add_parser("revoke").add_argument("prefix")
@@ -88,10 +89,11 @@ def run(args: argparse.Namespace, db: Database) -> None:
         _record(db, f"users remove {args.name}")
         print(f"removed {args.name}; their sessions ended")
     elif args.kind == "keys" and args.action == "create":
-        expires = time.time() + args.expires_in if args.expires_in else None
+        expires = time.time() + parse_duration(args.expires_in) if args.expires_in else None
         key = store.create_key(args.name, Role(args.role), expires_at=expires,
                                pools=args.pools)
-        _record(db, f"keys create {args.name} --role {args.role}", key_prefix=key[:12])
+        scope = "".join(f" --pool {p}" for p in sorted(set(args.pools or ())))
+        _record(db, f"keys create {args.name} --role {args.role}{scope}", key_prefix=key[:12])
         print(f"created {args.role} key {key[:12]} ({args.name}); the key, shown once:")
         print(key)
     elif args.kind == "keys" and args.action == "list":

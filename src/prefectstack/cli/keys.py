@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING
@@ -10,25 +9,13 @@ from typing import TYPE_CHECKING
 import click
 
 from prefectstack import console
+from prefectstack.auth.lifetime import parse_duration
 from prefectstack.auth.roles import Role
 from prefectstack.cli.access import open_store, record_cli, when
 from prefectstack.cli.options import json_flag, stack_file
-from prefectstack.errors import StackError
 
 if TYPE_CHECKING:  # the store (argon2, sqlite3) loads only when a command runs
     from prefectstack.auth.store import ApiKey
-
-_DURATION = re.compile(r"^(\d+)([mhdw])$")
-_SECONDS = {"m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_duration(text: str) -> float:
-    match = _DURATION.match(text.strip())
-    if not match:
-        raise StackError(f"cannot read duration {text!r}", hint="use e.g. 30m, 12h, 90d, 4w",
-                         exit_code=2)
-    return int(match.group(1)) * _SECONDS[match.group(2)]
-
 
 @click.group()
 def keys() -> None:

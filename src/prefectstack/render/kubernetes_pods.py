@@ -282,9 +282,13 @@ def migrated_wait(ctx: Context, waiter: Container) -> dict[str, Any]:
     }
 
 
+# The replicated auth service's database (auth/database.py's URL_ENV; a test keeps them equal).
+AUTH_DATABASE_URL = "PREFECTSTACK_AUTH_DATABASE_URL"
+
+
 def _database_url(c: Container) -> str | None:
     """The database URL a container uses: Prefect's, or the replicated auth service's."""
-    for name in ("PREFECT_SERVER_DATABASE_CONNECTION_URL", "PREFECTSTACK_AUTH_DATABASE_URL"):
+    for name in ("PREFECT_SERVER_DATABASE_CONNECTION_URL", AUTH_DATABASE_URL):
         if name in c.env:
             return c.env[name]
     return None
